@@ -15,7 +15,7 @@ from geotextloc.errors import ConfigError, DataError
 from geotextloc.models import factory
 from geotextloc.train import commands
 from geotextloc.train.config import from_dict, load_config
-from geotextloc.train.data import Pairs
+from geotextloc.train.data import Pairs, drop_tokens
 from geotextloc.train.loop import cosine_schedule, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -74,6 +74,37 @@ def test_pairs_give_view_images_and_tokens_and_name_records_without_the_view(rel
         Pairs([*train_records[:3], record], "sat", val_tf, tokenizer)
 
 
+def test_cached_pairs_equal_pairs_read_from_files(release):
+    _, train_records, _ = release
+    _, _, val_tf, tokenizer = factory.create("geotextloc-tiny", context_length=96, image_size=32)
+    records = [*train_records[:5], train_records[0]]  # one tile with two entries is read once
+    files, cached = Pairs(records, "osm", val_tf, tokenizer), Pairs(records, "osm", val_tf, tokenizer, cache=True)
+    assert len(cached.images) == 5
+    for i in range(len(records)):
+        assert torch.equal(files[i][0], cached[i][0]) and torch.equal(files[i][1], cached[i][1])
+    with pytest.raises(ConfigError, match="cache_images: true needs augment: false"):
+        tiny("unused", cache_images=True)
+
+
+def test_word_dropout_keeps_start_end_and_order_and_repads():
+    _, _, _, tokenizer = factory.create("geotextloc-tiny", context_length=40, image_size=32)
+    tokens = tokenizer(["a bus stop on my right and a pharmacy across the road", "park"])
+    dropped = drop_tokens(tokens, 0.5, torch.Generator().manual_seed(0))
+    for before, after in zip(tokens, dropped):
+        kept = after[after != 0].tolist()
+        body = before[before != 0].tolist()
+        assert kept[0] == body[0] and kept[-1] == body[-1] == tokens.max()  # start, end of text
+        inner = iter(body[1:-1])
+        assert all(t in inner for t in kept[1:-1])  # a subsequence: order kept
+        assert (after[len(kept):] == 0).all()  # re-padded after the end token
+    assert len(dropped[0][dropped[0] != 0]) < len(tokens[0][tokens[0] != 0])  # 12 body tokens at p=0.5
+    assert torch.equal(drop_tokens(tokens, 0.0), tokens)
+    everything = drop_tokens(tokens, 0.999, torch.Generator().manual_seed(1))
+    assert everything[:, :2].tolist() == [[49406, 49407]] * 2 and not everything[:, 2:].any()
+    with pytest.raises(ConfigError, match="text_dropout=1.0"):
+        tiny("unused", text_dropout=1.0)
+
+
 def read_metrics(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -84,6 +115,13 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(release, tmp_path):
     train(straight, train_records, test_records)
 
     interrupted = tiny(tmp_path / "resumed", stop_after_epoch=1)
+    cached = dict(augment=False, cache_images=True, text_dropout=0.3)  # word dropout draws from the RNG too
+    train(tiny(tmp_path / "cached", **cached), train_records, test_records)
+    train(tiny(tmp_path / "cached-resumed", stop_after_epoch=1, **cached), train_records, test_records)
+    train(tiny(tmp_path / "cached-resumed", resume=True, **cached), train_records, test_records)
+    a, b = read_metrics(tmp_path / "cached"), read_metrics(tmp_path / "cached-resumed")
+    assert [r["loss"] for r in a if r["kind"] == "train"] == [r["loss"] for r in b if r["kind"] == "train"]
+
     assert train(interrupted, train_records, test_records)["epoch"] == 1
     with pytest.raises(ConfigError, match="already holds a run"):
         train(tiny(tmp_path / "resumed"), train_records, test_records)

@@ -53,6 +53,10 @@ class TrainConfig:
     train_limit: int | None = None  # use only the first N train / test records (smoke runs)
     test_limit: int | None = None
     augment: bool = True  # open_clip's train transform (random resized crop, scale 0.9-1)
+    cache_images: bool = False  # decode and transform every training tile once, keep the tensors in
+    #   memory (needs augment: false; ~50 kB per 64 px tile): a tiny CPU run then spends its time training
+    text_dropout: float = 0.0  # drop each text token with this probability per step (word dropout,
+    #   start/end kept): without a pretrained prior a small text tower otherwise memorises rare tokens
     num_workers: int = 0
     # optimisation
     batch_size: int = 128  # global: split evenly over the DDP ranks
@@ -95,7 +99,7 @@ def from_dict(values: dict, where: str = "config") -> TrainConfig:
     for key in ("versions", "regions"):
         if isinstance(values.get(key), str):
             values[key] = [values[key]]
-    for key in ("lr", "weight_decay", "adam_eps", "missing_share"):  # YAML 1.1 reads 1e-5 as a string, 3 as an int
+    for key in ("lr", "weight_decay", "adam_eps", "missing_share", "text_dropout"):  # YAML 1.1 reads 1e-5 as a string, 3 as an int
         if isinstance(values.get(key), (int, str)) and not isinstance(values.get(key), bool):
             try:
                 values[key] = float(values[key])
@@ -137,5 +141,9 @@ def _check(cfg: TrainConfig, where: str) -> None:
         fail(f"lr={cfg.lr!r}; expected a positive number")
     if not isinstance(cfg.versions, list) or not cfg.versions:
         fail("versions: expected a list of release versions, e.g. [NewYork]")
+    if not isinstance(cfg.text_dropout, float) or not 0.0 <= cfg.text_dropout < 1.0:
+        fail(f"text_dropout={cfg.text_dropout!r}; expected a number in [0, 1)")
+    if cfg.cache_images and cfg.augment:
+        fail("cache_images: true needs augment: false (cached tiles are transformed once)")
     if cfg.train_last_k is not None and cfg.train_last_k < 1:
         fail(f"train_last_k={cfg.train_last_k!r}; expected null (all) or a positive integer")

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import Compose, InterpolationMode, Resize
+from tqdm.auto import tqdm
 
 from geotextloc.errors import DataError
 
@@ -51,19 +52,57 @@ def load_image(path: Path) -> Image.Image:
 
 
 class Pairs(Dataset):
-    """Item i = (transform(image of record i's view), tokenizer(record i's text)) as tensors."""
+    """Item i = (transform(image of record i's view), tokenizer(record i's text)) as tensors.
 
-    def __init__(self, records: Sequence, view: str, transform, tokenizer):
+    ``cache=True`` decodes and transforms every image once, up front (the transform must then be
+    deterministic: no augmentation), and tokenises every text once; items are then views into
+    memory. Several records may share one image file (two texts of one tile): it is read once.
+    """
+
+    def __init__(self, records: Sequence, view: str, transform, tokenizer, cache: bool = False,
+                 progress: bool = True):
         self.paths = image_paths(records, view)
         self.texts = [record.text for record in records]
         self.transform = transform
         self.tokenizer = tokenizer
+        self.images = self.tokens = None
+        if cache:
+            unique = list(dict.fromkeys(self.paths))
+            slot = {path: k for k, path in enumerate(unique)}
+            loaded = [transform(load_image(path))
+                      for path in tqdm(unique, desc="cache tiles", disable=not progress, leave=False)]
+            self.images = torch.stack(loaded)
+            self.index = torch.tensor([slot[path] for path in self.paths])
+            self.tokens = tokenizer(self.texts)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.images is not None:
+            return self.images[self.index[i]], self.tokens[i]
         return self.transform(load_image(self.paths[i])), self.tokenizer([self.texts[i]])[0]
+
+
+def drop_tokens(tokens: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Word dropout on a (batch, context) tensor of token ids, 0-padded as open_clip pads.
+
+    Each token between the first (start of text) and the end-of-text token (the row's largest
+    id, as open_clip's pooling finds it) is removed with probability ``p``; the kept tokens
+    close ranks (the sequence gets shorter, positions stay contiguous) and the row is re-padded
+    with 0. Start and end tokens always stay, so every row still has its pooled token.
+    """
+    if p <= 0:
+        return tokens
+    length = tokens.shape[1]
+    positions = torch.arange(length, device=tokens.device)
+    end = tokens.argmax(dim=1, keepdim=True)
+    body = (positions > 0) & (positions < end)
+    drop = body & (torch.rand(tokens.shape, generator=generator, device=tokens.device) < p)
+    keep = (tokens != 0) & ~drop
+    # stable partition: kept tokens first, in order; then zeros
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
+    return torch.where(torch.gather(keep, 1, order), torch.gather(tokens, 1, order), torch.zeros_like(tokens))
 
 
 class Images(Dataset):

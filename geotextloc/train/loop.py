@@ -39,14 +39,15 @@ from geotextloc.errors import ConfigError
 from geotextloc.eval.files import atomic_path, atomic_write_text
 from geotextloc.models import factory
 from geotextloc.train.config import TrainConfig
-from geotextloc.train.data import Pairs, Quadruples, view_transforms
+from geotextloc.train.data import Pairs, Quadruples, drop_tokens, view_transforms
 from geotextloc.train.losses import contrastive_loss
 from geotextloc.train.retrieval import evaluate_model
 
 # Config keys that change the trajectory: a resumed run must use the saved values.
 TRAJECTORY_KEYS = ("task", "model", "pretrained", "epe", "context_length", "image_size", "train_last_k",
                    "mode", "symmetric", "regions", "missing_view", "missing_share",
-                   "versions", "view", "train_limit", "augment", "batch_size", "epochs", "lr",
+                   "versions", "view", "train_limit", "augment", "text_dropout",
+                   "batch_size", "epochs", "lr",
                    "warmup_steps", "weight_decay", "adam_eps", "seed", "precision")
 
 
@@ -276,7 +277,8 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
         size = model.encoders["drone"].preprocess_cfg["size"]
         pairs = Quadruples(train_records, transform, tokenizer, size)
     else:
-        pairs = Pairs(train_records, cfg.view, transform, tokenizer)
+        pairs = Pairs(train_records, cfg.view, transform, tokenizer, cache=cfg.cache_images,
+                      progress=rank == 0)
     if len(pairs) < cfg.batch_size:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(pairs)} training records")
     sampler = DistributedSampler(pairs, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -317,6 +319,8 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
                 texts = None if cfg.mode == "image-only" else texts.to(device)
             else:
                 (images, texts), masks = batch, None
+                if cfg.text_dropout:
+                    texts = drop_tokens(texts, cfg.text_dropout)
                 images, texts = images.to(device, non_blocking=True), texts.to(device)
             loss = train_step(ddp, loss_fn, images, texts, optimizer, scheduler, scaler, dtype, masks)
             if world > 1:  # log the global loss: mean of the ranks' equal-sized parts
