@@ -114,12 +114,11 @@ def _check(cfg: TrainConfig, where: str) -> None:
     def fail(msg: str):
         raise ConfigError(f"{where}: {msg}")
 
-    if cfg.task not in TASKS:
-        fail(f"task={cfg.task!r}; choose one of {', '.join(TASKS)}")
-    if cfg.mode not in GEOBRIDGE_MODES:
-        fail(f"mode={cfg.mode!r}; choose one of {', '.join(GEOBRIDGE_MODES)}")
-    if cfg.missing_view not in GEOBRIDGE_VIEWS:
-        fail(f"missing_view={cfg.missing_view!r}; choose one of {', '.join(GEOBRIDGE_VIEWS)}")
+    choices = {"task": TASKS, "mode": GEOBRIDGE_MODES, "missing_view": GEOBRIDGE_VIEWS, "view": VIEWS,
+               "epe": EPE_MODES, "precision": PRECISIONS}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            fail(f"{key}={getattr(cfg, key)!r}; choose one of {', '.join(allowed)}")
     if not isinstance(cfg.missing_share, float) or not 0.0 <= cfg.missing_share <= 1.0:
         fail(f"missing_share={cfg.missing_share!r}; expected a number in [0, 1]")
     if cfg.missing_share and cfg.task != "geobridge":
@@ -127,12 +126,6 @@ def _check(cfg: TrainConfig, where: str) -> None:
     if cfg.regions is not None and (not isinstance(cfg.regions, list) or not cfg.regions
                                     or not all(isinstance(r, str) for r in cfg.regions)):
         fail(f"regions={cfg.regions!r}; expected null (all) or a list of GeoLoc regions, e.g. [Helsinki]")
-    if cfg.view not in VIEWS:
-        fail(f"view={cfg.view!r}; choose one of {', '.join(VIEWS)}")
-    if cfg.epe not in EPE_MODES:
-        fail(f"epe={cfg.epe!r}; choose one of {', '.join(EPE_MODES)}")
-    if cfg.precision not in PRECISIONS:
-        fail(f"precision={cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     for key in ("context_length", "batch_size", "epochs", "eval_scope", "eval_batch_size"):
         value = getattr(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
