@@ -124,3 +124,36 @@ def test_visual_table_is_resized_bicubically_for_2_to_1_street_views():
     from PIL import Image
 
     assert preprocess(Image.new("RGB", (2048, 1024))).shape == (3, 64, 128)
+
+
+def test_sinusoidal_table_is_smooth_at_open_clips_init_scale_and_survives_interpolation():
+    from geotextloc.models.epe import sinusoidal_table, smoothness
+
+    table = sinusoidal_table(77, 64)
+    assert table.shape == (77, 64)
+    assert table.std().item() == pytest.approx(0.01, rel=1e-3)
+    # rows 0 and 1 of the Transformer's encoding: sin(0) = 0, cos(0) = 1 (before scaling)
+    assert table[0, 0::2].abs().max().item() == 0.0
+    assert torch.allclose(table[0, 1::2], torch.full((32,), table[0, 1].item()))
+    noise = torch.randn(77, 64, generator=torch.Generator().manual_seed(0)) * 0.01
+    assert smoothness(table) > 0.9 > 0.2 > abs(smoothness(noise))
+    # interpolating a smooth table stays smooth; the learned rows are not scrambled
+    assert smoothness(extend_positional_embedding(table, 300, "interpolate")) > smoothness(table)
+
+
+def test_text_pos_init_reinitialises_only_random_init_stage_one_models():
+    from geotextloc.models.epe import init_text_positions, sinusoidal_table, smoothness
+    from geotextloc.train.config import load_config
+    from geotextloc.train.loop import build_model
+
+    cfg = load_config("configs/smoke/crosstext2loc_pretrain.yaml", ["text_pos_init=sinusoidal"])
+    model = build_model(cfg)[0]
+    assert torch.equal(model.positional_embedding, sinusoidal_table(*model.positional_embedding.shape))
+    plain = build_model(load_config("configs/smoke/crosstext2loc_pretrain.yaml", ["text_pos_init=normal"]))[0]
+    assert smoothness(plain.positional_embedding) < 0.2
+    with pytest.raises(ValueError, match="sinusoidal"):
+        init_text_positions(plain, "zeros")
+    from geotextloc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pretrained: null"):
+        load_config("configs/smoke/crosstext2loc.yaml", ["text_pos_init=sinusoidal", "pretrained=runs/x/last.pt"])

@@ -75,6 +75,8 @@ def test_stage_configs_chain_and_take_stage_overrides(configs, tmp_path):
     assert (stage1.epe, stage1.context_length, stage1.seed, stage1.epochs, stage1.pretrained) == ("truncate", 77, 0, 3, None)
     scratch = ex.run_config(ex.RunSpec("osm", 0, "interpolate", stage=ex.SCRATCH), "smoke", runs)
     assert (scratch.pretrained, scratch.epochs, scratch.context_length) == (None, 2, 96)
+    # random-init runs share stage 1's positional init; stage 2 loads stage 1's table instead
+    assert (stage1.text_pos_init, scratch.text_pos_init, stage2.text_pos_init) == ("sinusoidal", "sinusoidal", "normal")
     with pytest.raises(ConfigError, match="prefix a stage-only key"):
         ex.run_config(spec, "smoke", runs, overrides={"stage1.epochs": 2})
 

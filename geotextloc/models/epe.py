@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MODES = ("truncate", "interpolate", "kps", "random")
+POS_INITS = ("normal", "sinusoidal")  # random-init text positional tables (see sinusoidal_table)
 KPS_KEEP = 20  # Long-CLIP keeps the first 20 positions (short titles live there)
 
 
@@ -36,6 +37,43 @@ def _interpolate_rows(table: torch.Tensor, n: int) -> torch.Tensor:
     x = table.detach().float().T.unsqueeze(0)  # (1, width, L)
     out = F.interpolate(x, size=n, mode="linear", align_corners=False)  # (1, width, n)
     return out[0].T.to(table.dtype)
+
+
+def sinusoidal_table(n: int, width: int, std: float = 0.01) -> torch.Tensor:
+    """A smooth (n x width) positional table: the Transformer's sinusoids, scaled to ``std``.
+
+    pe[p, 2i] = sin(p / 10000^(2i / width)),  pe[p, 2i + 1] = cos(p / 10000^(2i / width)),
+    then pe * std / pe.std(), so it has the element scale of open_clip's normal(0, 0.01) init.
+
+    A pre-trained CLIP table is smooth along positions (neighbouring rows are similar), which is
+    what makes its linear interpolation meaningful. A small model trained for minutes hardly
+    moves its table away from the random init, so for the EPE ablation the tiny profile starts
+    from this table instead of noise (``text_pos_init: sinusoidal``).
+    """
+    position = torch.arange(n, dtype=torch.float64)[:, None]
+    freq = torch.pow(10000.0, -torch.arange(0, width, 2, dtype=torch.float64) / width)
+    table = torch.zeros(n, width, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: width // 2])
+    return (table * (std / table.std())).float()
+
+
+def smoothness(table: torch.Tensor) -> float:
+    """Mean cosine similarity of neighbouring rows: near 0 for noise, near 1 for a smooth table."""
+    t = F.normalize(table.detach().float(), dim=1)
+    return float((t[1:] * t[:-1]).sum(dim=1).mean())
+
+
+def init_text_positions(model: nn.Module, kind: str = "sinusoidal") -> nn.Module:
+    """Re-initialise a random-init text tower's positional table in place (``normal`` keeps it)."""
+    if kind not in POS_INITS:
+        raise ValueError(f"unknown positional init {kind!r}; choose one of {', '.join(POS_INITS)}")
+    if kind == "sinusoidal":
+        tower = _text_tower(model)
+        table = tower.positional_embedding
+        with torch.no_grad():
+            table.copy_(sinusoidal_table(*table.shape).to(table))
+    return model
 
 
 def extend_positional_embedding(

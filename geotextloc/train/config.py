@@ -27,6 +27,7 @@ VIEWS = ("sat", "osm")
 GEOBRIDGE_MODES = ("image-only", "text-only", "fused")
 GEOBRIDGE_VIEWS = ("drone", "street", "satellite")
 EPE_MODES = ("truncate", "interpolate", "kps", "random")
+POS_INITS = ("normal", "sinusoidal")  # = geotextloc.models.epe.POS_INITS (no torch import here)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -37,6 +38,8 @@ class TrainConfig:
     model: str = "ViT-L-14-336"
     pretrained: str | None = "openai"  # open_clip tag, checkpoint file, or None (random init)
     epe: str = "interpolate"  # truncate | interpolate | kps | random
+    text_pos_init: str = "normal"  # random init only: normal (open_clip's) | sinusoidal (smooth, like a
+    #   pre-trained CLIP table; what EPE's interpolation assumes; geotextloc.models.epe.sinusoidal_table)
     context_length: int = 300
     image_size: int | None = None  # None: the model's own
     train_last_k: int | None = None  # None: train everything; k: last k blocks of each tower
@@ -115,7 +118,7 @@ def _check(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: {msg}")
 
     choices = {"task": TASKS, "mode": GEOBRIDGE_MODES, "missing_view": GEOBRIDGE_VIEWS, "view": VIEWS,
-               "epe": EPE_MODES, "precision": PRECISIONS}
+               "epe": EPE_MODES, "precision": PRECISIONS, "text_pos_init": POS_INITS}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             fail(f"{key}={getattr(cfg, key)!r}; choose one of {', '.join(allowed)}")
@@ -136,6 +139,8 @@ def _check(cfg: TrainConfig, where: str) -> None:
         fail("versions: expected a list of release versions, e.g. [NewYork]")
     if not isinstance(cfg.text_dropout, float) or not 0.0 <= cfg.text_dropout < 1.0:
         fail(f"text_dropout={cfg.text_dropout!r}; expected a number in [0, 1)")
+    if cfg.text_pos_init != "normal" and cfg.pretrained is not None:
+        fail(f"text_pos_init={cfg.text_pos_init!r} re-initialises a random-init model; set pretrained: null or text_pos_init: normal")
     if cfg.cache_images and cfg.augment:
         fail("cache_images: true needs augment: false (cached tiles are transformed once)")
     if cfg.train_last_k is not None and cfg.train_last_k < 1:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from geotextloc.errors import ConfigError
 from geotextloc.eval.files import atomic_path, atomic_write_text
 from geotextloc.models import factory
+from geotextloc.models.epe import init_text_positions
 from geotextloc.train.config import TrainConfig
 from geotextloc.train.data import Pairs, Quadruples, drop_tokens, view_transforms
 from geotextloc.train.losses import contrastive_loss
@@ -46,7 +47,7 @@ from geotextloc.train.retrieval import evaluate_model
 # Config keys that change the trajectory: a resumed run must use the saved values.
 TRAJECTORY_KEYS = ("task", "model", "pretrained", "epe", "context_length", "image_size", "train_last_k",
                    "mode", "symmetric", "regions", "missing_view", "missing_share",
-                   "versions", "view", "train_limit", "augment", "text_dropout",
+                   "versions", "view", "train_limit", "augment", "text_dropout", "text_pos_init",
                    "batch_size", "epochs", "lr",
                    "warmup_steps", "weight_decay", "adam_eps", "seed", "precision")
 
@@ -189,6 +190,8 @@ def build_model(cfg: TrainConfig, device: str = "cpu"):
     model, preprocess_train, preprocess_val, tokenizer = factory.create(
         cfg.model, cfg.pretrained, cfg.context_length, cfg.epe, device=device, image_size=cfg.image_size
     )
+    if cfg.pretrained is None:
+        init_text_positions(model, cfg.text_pos_init)
     if cfg.task != "geobridge":
         train_last_k(model, cfg.train_last_k)
         return model, preprocess_train, preprocess_val, tokenizer
