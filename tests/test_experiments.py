@@ -65,6 +65,8 @@ def test_plan_runs_stage_one_first_and_shares_it_across_seeds(configs):
 
 def test_stage_configs_chain_and_take_stage_overrides(configs, tmp_path):
     runs = tmp_path / "runs"
+    first = configs / "crosstext2loc_pretrain.yaml"
+    first.write_text(first.read_text() + "text_pos_init: sinusoidal\n")
     spec = ex.RunSpec("osm", seed=1, epe="kps", pretrain_seed=0)
     over = {"pretrain.epochs": 3, "lr": 1e-3}
     stage2 = ex.run_config(spec, "smoke", runs, "data", over)
