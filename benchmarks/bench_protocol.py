@@ -28,7 +28,7 @@ import numpy as np
 
 from geotextloc.data.release import PANORAMA, parse_name
 from geotextloc.eval import evaluate
-from geotextloc.eval.files import atomic_write_text
+from geotextloc.files import atomic_write_text
 
 CENTER = (40.7549, -73.9840)
 SPREAD_DEG = 0.03  # about 6.7 km x 5 km

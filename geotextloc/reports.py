@@ -24,7 +24,7 @@ from typing import Any
 
 from geotextloc.config import PROFILES
 from geotextloc.errors import GeotextlocError
-from geotextloc.eval.files import atomic_write_text
+from geotextloc.files import atomic_write_text
 
 PACKAGES = ("geotextloc", "torch", "open_clip_torch", "datasets", "faiss-cpu", "numpy", "pandas", "papermill")
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")

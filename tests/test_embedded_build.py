@@ -14,7 +14,7 @@ from geotextloc.data.embedded import builder
 from geotextloc.data.embedded.builder import BuildSettings, build
 from geotextloc.data.embedded.contact_sheet import copy_contact_sheets, pick_locations
 from geotextloc.errors import ConfigError
-from geotextloc.eval import files as atomic
+from geotextloc import files as atomic
 
 SETTINGS = BuildSettings(size=64, pano_width=128)
 N = 8  # locations in total (4 per region)

@@ -1,4 +1,4 @@
-"""Atomic writes (geotextloc.eval.files): whole files only, and the mode open() would give."""
+"""Atomic writes (geotextloc.files): whole files only, and the mode open() would give."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from geotextloc.eval import files
+from geotextloc import files
 
 WRITE_ALL = """
 import importlib.util, json, os, sys

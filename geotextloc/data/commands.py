@@ -20,7 +20,7 @@ from geotextloc.data.embedded import commands as embedded_commands
 from geotextloc.data.release import (IMAGE_KINDS, PANORAMA, SINGLE, SPLITS, BadItemError, Skipped,
                                      discover_versions, read_release)
 from geotextloc.errors import DataError
-from geotextloc.eval.files import atomic_path
+from geotextloc.files import atomic_path
 
 CONTEXT = 77  # CLIP's text context, start and end tokens included
 DEFAULT_REPORT = Path("geotextloc-skipped.json")

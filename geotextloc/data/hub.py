@@ -28,7 +28,7 @@ from datasets.table import embed_table_storage
 from geotextloc.data.release import (IMAGE_KINDS, SPLITS, Record, ReleaseLayout, discover_versions,
                                      read_release)
 from geotextloc.errors import ConfigError, DataError, OfflineError
-from geotextloc.eval.files import atomic_dir
+from geotextloc.files import atomic_dir
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "cvg-text.md"
 ROWS_PER_SHARD = 5000

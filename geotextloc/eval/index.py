@@ -42,7 +42,7 @@ import numpy as np
 
 from geotextloc.data.release import parse_name
 from geotextloc.errors import ConfigError, DataError, GeotextlocError
-from geotextloc.eval.files import atomic_dir
+from geotextloc.files import atomic_dir
 from geotextloc.eval.metrics import PAIRS_PER_CHUNK, half_angles, haversine_from_half_angles, scoped_ranking
 
 FORMAT = "geotextloc-gallery-index/1"

@@ -39,7 +39,7 @@ import pandas as pd
 
 from geotextloc.data.release import PANORAMA, SINGLE, parse_name
 from geotextloc.errors import ConfigError, DataError
-from geotextloc.eval.files import atomic_path
+from geotextloc.files import atomic_path
 
 EARTH_RADIUS_KM = 6371.0
 RECALL_AT = (1, 5, 10)

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from geotextloc.errors import DataError
-from geotextloc.eval.files import atomic_path
+from geotextloc.files import atomic_path
 from geotextloc.eval.index import GalleryIndex, l2_normalise
 from geotextloc.eval.metrics import evaluate
 

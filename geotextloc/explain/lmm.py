@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from geotextloc.errors import ConfigError, OfflineError
-from geotextloc.eval.files import atomic_write_text
+from geotextloc.files import atomic_write_text
 from geotextloc.explain import schema
 from geotextloc.explain.schema import BUDGET_EXHAUSTED, ERROR, Candidate, Explanation
 

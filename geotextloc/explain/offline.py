@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-from geotextloc.eval.files import atomic_write_text
+from geotextloc.files import atomic_write_text
 from geotextloc.explain.schema import Candidate, CandidateExplanation, Cue, Explanation
 
 MATCH_THRESHOLD = 0.8  # fuzzy ratio for a label to count as a name in the text

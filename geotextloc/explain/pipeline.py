@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from geotextloc import viz
-from geotextloc.eval.files import atomic_path, atomic_write_text
+from geotextloc.files import atomic_path, atomic_write_text
 from geotextloc.explain import relevance, rerank
 from geotextloc.explain.schema import Candidate, Explanation
 from geotextloc.train.data import image_kind, load_image

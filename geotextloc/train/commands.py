@@ -68,7 +68,7 @@ def city_version(root: str, city: str) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from geotextloc.data.release import read_release
-    from geotextloc.eval.files import atomic_write_text
+    from geotextloc.files import atomic_write_text
     from geotextloc.models.factory import from_checkpoint
     from geotextloc.train.loop import setup_distributed
     from geotextloc.train.retrieval import evaluate_model

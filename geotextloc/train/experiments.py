@@ -41,7 +41,7 @@ import pandas as pd
 
 from geotextloc import config as profiles
 from geotextloc.errors import ConfigError, DataError
-from geotextloc.eval.files import atomic_write_text
+from geotextloc.files import atomic_write_text
 from geotextloc.eval.metrics import METRIC_KEYS
 
 PRETRAIN, FINETUNE, SCRATCH = "pretrain", "finetune", "scratch"

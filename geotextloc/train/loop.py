@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from geotextloc.errors import ConfigError
-from geotextloc.eval.files import atomic_path, atomic_write_text
+from geotextloc.files import atomic_path, atomic_write_text
 from geotextloc.models import factory
 from geotextloc.models.epe import init_text_positions
 from geotextloc.train.config import TrainConfig

@@ -31,7 +31,7 @@ are PNG (sharp labels) with the same stem (``..._z3.png``), which the reader acc
 Determinism and resume: every file is a function of (PBF, settings, seed, location); images
 are encoded with fixed parameters and no metadata; JSON is written with sorted keys. Each file
 is written to a temp file in its folder and renamed (never half-written), with the mode a
-plain ``open()`` gives (:mod:`geotextloc.eval.files`). A location is *done*
+plain ``open()`` gives (:mod:`geotextloc.files`). A location is *done*
 when its ``facts/<City>/<id>.json`` exists (written last) and all files it lists exist, so an
 interrupted build skips finished locations when run again with the same arguments.
 """
@@ -56,7 +56,7 @@ from geotextloc.data.embedded.facts import scene_facts
 from geotextloc.data.embedded.osm import load_region, stable_unit
 from geotextloc.data.embedded.scene import Location, Region
 from geotextloc.errors import ConfigError, DataError
-from geotextloc.eval.files import DIR_MODE, atomic_link, atomic_write_bytes
+from geotextloc.files import DIR_MODE, atomic_link, atomic_write_bytes
 from geotextloc.text import describe as dsc
 
 BUILDER_VERSION = 3  # bump when outputs change for the same arguments (invalidates resume)

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from geotextloc.data.embedded import raster
 from geotextloc.data.embedded.osm import stable_unit
-from geotextloc.eval.files import atomic_path
+from geotextloc.files import atomic_path
 
 ImageLike = Union[Image.Image, str, Path]
 VIEWS = ("OSM", "satellite", "drone", "panorama", "single view")
