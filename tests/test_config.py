@@ -24,3 +24,12 @@ def test_missing_and_malformed_files_name_the_file(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml.*not valid YAML"):
         load_config(bad)
+
+
+def test_config_choices_match_the_model_code_they_name():
+    """config.py repeats these lists so that reading a config needs no torch import."""
+    from geotextloc.models import epe
+    from geotextloc.train import config
+
+    assert config.EPE_MODES == epe.MODES
+    assert config.POS_INITS == epe.POS_INITS

@@ -137,7 +137,7 @@ def test_sinusoidal_table_is_smooth_at_open_clips_init_scale_and_survives_interp
     assert torch.allclose(table[0, 1::2], torch.full((32,), table[0, 1].item()))
     noise = torch.randn(77, 64, generator=torch.Generator().manual_seed(0)) * 0.01
     assert smoothness(table) > 0.9 > 0.2 > abs(smoothness(noise))
-    # interpolating a smooth table stays smooth; the learned rows are not scrambled
+    # interpolating a smooth table keeps it smooth (what EPE relies on; noise would stay noise)
     assert smoothness(extend_positional_embedding(table, 300, "interpolate")) > smoothness(table)
 
 

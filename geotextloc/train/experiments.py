@@ -128,7 +128,8 @@ def run_config(spec: RunSpec, profile: str, runs_dir: str | Path, data_root: str
     values = profiles.load_config(path)
     if spec.stage == SCRATCH and two_stage:  # stage-1 optimisation for the epochs of both stages
         first = profiles.load_config(profiles.config_path("crosstext2loc_pretrain", profile))
-        values |= {k: first[k] for k in ("lr", "warmup_steps", "adam_eps", "weight_decay", "text_pos_init") if k in first}
+        values |= {k: first[k] for k in ("lr", "warmup_steps", "adam_eps", "weight_decay")}
+        values["text_pos_init"] = first.get("text_pos_init", "normal")  # a random-init run, like stage 1
         values["epochs"] = first["epochs"] + values["epochs"]
     values |= {"view": spec.view, "seed": spec.seed, "out_dir": str(Path(runs_dir) / spec.key), "resume": False}
     if spec.city:

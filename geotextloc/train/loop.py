@@ -322,8 +322,7 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
                 texts = None if cfg.mode == "image-only" else texts.to(device)
             else:
                 (images, texts), masks = batch, None
-                if cfg.text_dropout:
-                    texts = drop_tokens(texts, cfg.text_dropout)
+                texts = drop_tokens(texts, cfg.text_dropout)  # unchanged at text_dropout 0
                 images, texts = images.to(device, non_blocking=True), texts.to(device)
             loss = train_step(ddp, loss_fn, images, texts, optimizer, scheduler, scaler, dtype, masks)
             if world > 1:  # log the global loss: mean of the ranks' equal-sized parts
