@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import datasets
@@ -10,7 +11,7 @@ import pytest
 
 from geotextloc.cli import main
 from geotextloc.data import hub, release
-from geotextloc.data.embedded import builder
+from geotextloc.data.embedded import builder, dense
 from geotextloc.data.embedded.builder import BuildSettings, build
 from geotextloc.data.embedded.contact_sheet import copy_contact_sheets, pick_locations
 from geotextloc.errors import ConfigError
@@ -190,3 +191,37 @@ def test_cli_build_then_info(tmp_path, capsys):
     assert main(["data", "build-embedded", "--out", str(tmp_path / "y"), "--regions", "",
                  "--pbf", str(tmp_path / "missing.osm.pbf")]) == 2
     assert "missing.osm.pbf" in capsys.readouterr().err
+
+
+def test_densify_adds_training_places_away_from_the_test_split(built, tmp_path, capsys):
+    src, _ = built
+    out = tmp_path / "data"
+    shutil.copytree(src, out)
+    released = files(out)
+    report = dense.densify(out, spacing=12.0, max_places=6, progress=False)
+    after = files(out)
+    assert {k: after[k] for k in released} == released  # the release is untouched
+    assert any(k.startswith("Helsinki-dense-OSM/") for k in after)
+    assert report.rendered == 12 and set(report.counts) == {"Helsinki", "Kouvola"}
+    contents = release.read_release(out, versions=["Helsinki-dense", "Kouvola-dense"])
+    assert contents.skipped == []
+    assert len(contents.records) == 12 and {r.split for r in contents.records} == {"train"}
+    assert {r.city for r in contents.records} == {"Helsinki", "Kouvola"}
+    assert all(set(r.images) == {"satellite", "osm"} and r.text.strip() for r in contents.records)
+    buffer = SETTINGS.buffer_m
+    for city in ("Helsinki", "Kouvola"):
+        test_xy = dense.test_places(out, city)
+        assert len(test_xy)
+        for path in (out / "facts" / f"{city}-dense").glob("*.json"):
+            loc = json.loads(path.read_text(encoding="utf-8"))["location"]
+            assert min(((x - loc["x"]) ** 2 + (y - loc["y"]) ** 2) ** 0.5 for x, y in test_xy) >= buffer
+    # a second run renders nothing and changes nothing
+    before = files(out)
+    again = dense.densify(out, spacing=12.0, max_places=6, progress=False)
+    assert again.rendered == 0 and again.skipped_done == 12 and files(out) == before
+    with pytest.raises(ConfigError, match="spacing 12.0 m"):
+        dense.densify(out, spacing=8.0, progress=False)
+    assert main(["data", "densify", "--out", str(out), "--spacing", "12", "--max-places", "6"]) == 0
+    assert "Helsinki-dense: 6 training places" in capsys.readouterr().out
+    assert main(["data", "densify", "--out", str(tmp_path / "nothing")]) == 2
+    assert "build-embedded" in capsys.readouterr().err

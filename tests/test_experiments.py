@@ -83,6 +83,15 @@ def test_stage_configs_chain_and_take_stage_overrides(configs, tmp_path):
         ex.run_config(spec, "smoke", runs, overrides={"stage1.epochs": 2})
 
 
+def test_city_runs_keep_their_citys_dense_versions_in_stage_one_only(configs, tmp_path):
+    first = configs / "crosstext2loc_pretrain.yaml"
+    values = yaml.safe_load(first.read_text()) | {"versions": ["A-mixed", "B-mixed", "A-dense", "B-dense"]}
+    first.write_text(yaml.safe_dump(values))
+    spec = ex.RunSpec("osm", 0, "interpolate", city="A")
+    assert ex.run_config(ex.pretrain_of(spec), "smoke", tmp_path).versions == ["A-mixed", "A-dense"]
+    assert ex.run_config(spec, "smoke", tmp_path).versions == ["A-mixed"]
+
+
 def _record(name, city="C", view="panorama"):
     lat, lon = (float(x) for x in name.split("_")[0].split(","))
     return Record(name, city, city, "test", view, lat, lon, "text")

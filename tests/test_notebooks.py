@@ -28,6 +28,9 @@ def smoke_data(tmp_path_factory):
            "--size", str(cfg["size"]), "--pano-width", str(cfg["pano_width"]),
            "--seed", str(cfg["seed"]), "--workers", "1"]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    dense = [sys.executable, "-m", "geotextloc", "data", "densify", "--out", str(out),
+             "--spacing", str(cfg["dense_spacing"]), "--max-places", str(cfg["dense_max_places"])]
+    subprocess.run(dense, check=True, cwd=ROOT, capture_output=True)
     return out
 
 

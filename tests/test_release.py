@@ -53,6 +53,8 @@ def test_mixed_is_panorama_plus_photos_unless_on_disk(make_release, tmp_path):
                                      *annotations(root, "NewYork-mixed", "test")]
     with pytest.raises(DataError, match="'Tokyo-mixed' not found"):
         read_release(root, versions=["Tokyo-mixed"])
+    with pytest.raises(DataError, match="geotextloc data densify"):  # the embedded dataset's training-only version
+        read_release(root, versions=["NewYork-dense"])
 
 
 def test_configurable_layout(make_release, tmp_path):

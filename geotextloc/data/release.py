@@ -140,8 +140,8 @@ class ReleaseContents:
 
 
 def city_of(version: str) -> str:
-    """``NewYork-photos`` / ``NewYork-mixed`` -> ``NewYork``."""
-    return re.sub(r"-(photos|mixed)$", "", version)
+    """``NewYork-photos`` / ``NewYork-mixed`` / ``Helsinki-dense`` (embedded, training only) -> the city."""
+    return re.sub(r"-(photos|mixed|dense)$", "", version)
 
 
 def discover_versions(root: str | Path, layout: ReleaseLayout | None = None) -> list[str]:
@@ -199,6 +199,9 @@ def _parts(version: str, on_disk: list[str], root: Path) -> list[str]:
     parts = [city, f"{city}-photos"]
     if version.endswith("-mixed") and all(p in on_disk for p in parts):
         return parts
+    if version.endswith("-dense"):
+        raise DataError(f"{root}: version {version!r} not found; it is the embedded dataset's dense training "
+                        f"version: add it with geotextloc data densify --out {root}")
     raise DataError(
         f"{root}: version {version!r} not found (on disk: {', '.join(on_disk)}); "
         "pick one of those or download it"

@@ -132,8 +132,9 @@ def run_config(spec: RunSpec, profile: str, runs_dir: str | Path, data_root: str
         values["text_pos_init"] = first.get("text_pos_init", "normal")  # a random-init run, like stage 1
         values["epochs"] = first["epochs"] + values["epochs"]
     values |= {"view": spec.view, "seed": spec.seed, "out_dir": str(Path(runs_dir) / spec.key), "resume": False}
-    if spec.city:
-        values["versions"] = [f"{spec.city}-mixed"]
+    if spec.city:  # that city's share of the configured versions (-mixed, and -dense in stage 1)
+        dense = [f"{spec.city}-dense"] if any(v.endswith("-dense") for v in values["versions"]) else []
+        values["versions"] = [f"{spec.city}-mixed", *dense]
     if data_root is not None:
         values["data_root"] = str(data_root)
     if spec.stage != PRETRAIN:

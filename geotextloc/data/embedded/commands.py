@@ -1,4 +1,5 @@
-"""``geotextloc data build-embedded``: build the embedded default dataset from OSM extracts."""
+"""``geotextloc data build-embedded`` (the embedded default dataset from OSM extracts), ``data densify``
+(its dense training-only versions) and ``data contact-sheets``."""
 
 from __future__ import annotations
 
@@ -35,6 +36,22 @@ def register(data_subparsers) -> None:
     p.add_argument("--allow-no-pois", action="store_true",
                    help="accept an extract without named POIs (texts then name streets only)")
     p.set_defaults(func=build_embedded_command)
+
+    d = data_subparsers.add_parser(
+        "densify",
+        help="add training-only <City>-dense versions: more places, sampled densely away from the test split",
+        description="Sample extra training places every --spacing metres along the streets of a built "
+        "embedded dataset, keep those at least one tile footprint from every test place, and write "
+        "their satellite/OSM tiles and descriptions as the training-only versions <City>-dense "
+        "(the tiny profile's stage 1 trains on them). Resumes; the same arguments give the same files.",
+    )
+    d.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the built dataset (default {DEFAULT_OUT})")
+    d.add_argument("--spacing", type=float, default=8.0, metavar="M",
+                   help="metres between dense places along a street (default 8)")
+    d.add_argument("--max-places", type=int, default=None, metavar="N",
+                   help="at most N dense places per region, strided along the streets (default: all)")
+    d.add_argument("--workers", type=int, default=1, metavar="K", help="worker processes (default 1)")
+    d.set_defaults(func=densify_command)
 
     c = data_subparsers.add_parser(
         "contact-sheets",
@@ -76,6 +93,22 @@ def build_embedded_command(args) -> int:
         print(f"contact sheet: {sheet}")
     print(f"wrote {args.out} (read it with: geotextloc data info {args.out}; "
           f"copy the contact sheets to reports/ with: geotextloc data contact-sheets --out {args.out})")
+    return 0
+
+
+def densify_command(args) -> int:
+    from geotextloc.data.embedded.dense import densify
+    from geotextloc.errors import ConfigError
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: must be at least 1")
+    start = time.perf_counter()
+    report = densify(args.out, args.spacing, workers=args.workers, max_places=args.max_places)
+    for city, counts in report.counts.items():
+        print(f"{city}-dense: {counts['kept']} training places ({counts['near_test']} dropped: "
+              "within one tile footprint of a test place)")
+    print(f"rendered {report.rendered} places, {report.skipped_done} already done, "
+          f"in {time.perf_counter() - start:.1f} s; wrote {args.out}/dense.json")
     return 0
 
 

