@@ -9,9 +9,9 @@ training-only version per region, ``<City>-dense``, sampled every ``spacing`` me
 * only places at least ``buffer_m`` (the build's, 60 m: one tile footprint) from every *test*
   place are kept, the rule the spatial split applies to the train split, so no dense tile
   shares a pixel with a test tile;
-* half of the places look the other way along the street (heading + 180°: the capture car
-  drives back), which changes the description (left and right, ahead and behind) but not the
-  north-up tile;
+* half of the places look the other way along the street (heading + 180°: a person may face
+  either way, on one-way streets too), which changes the description (left and right, ahead
+  and behind) but not the north-up tile;
 * each place has one description, panorama or single view, half each (as ``-mixed``);
 * only the satellite and OSM tiles are rendered (the panorama is rendered, for the signs the
   description names, and not kept), so a place costs a fraction of a released one.
