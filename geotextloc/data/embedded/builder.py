@@ -261,19 +261,36 @@ def is_done(out: Path, loc: Location, seed: int = 0) -> bool:
 
 # ----------------------------------------------------------------------------- one location
 
-_REGIONS: dict[str, Region] = {}  # filled in the parent before the workers fork
-_SETTINGS: BuildSettings | None = None
-_OUT: Path | None = None
+_STATE: dict = {}  # regions, settings, out: set in the parent before the workers fork
 
 
-def _init_worker(regions: dict[str, Region] | None, settings: BuildSettings, out: Path) -> None:
-    global _SETTINGS, _OUT
-    if regions is not None:
-        _REGIONS.update(regions)
-    _SETTINGS, _OUT = settings, out
+def _init_worker(state: dict | None) -> None:
+    if state is not None:
+        _STATE.update(state)
     torch = sys.modules.get("torch")  # nothing here needs torch (seconds to import); if a
     if torch is not None:  # caller loaded it, keep each worker on one thread
         torch.set_num_threads(1)
+
+
+def run_places(todo: list, work, state: dict, workers: int, desc: str, progress: bool = True) -> None:
+    """``work(item)`` for every item of ``todo``, in ``workers`` processes, with a progress bar.
+
+    ``state`` (regions, settings, out) reaches ``work`` through :data:`_STATE`: set here in the
+    parent, so forked workers inherit it; spawned workers get a copy.
+    """
+    _init_worker(state)
+    bar = tqdm(total=len(todo), desc=desc, unit="loc", disable=not progress, smoothing=0.05)
+    if workers <= 1 or len(todo) < 2:
+        for item in todo:
+            work(item)
+            bar.update()
+    else:
+        fork = "fork" in mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if fork else "spawn")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(None if fork else state,)) as pool:
+            for _ in pool.imap_unordered(work, todo, chunksize=max(1, min(16, len(todo) // (workers * 8)))):
+                bar.update()
+    bar.close()
 
 
 def _renderers():
@@ -329,7 +346,7 @@ def build_location(loc: Location, region: Region, settings: BuildSettings, out: 
 
 def _work(item: tuple[str, Location]) -> str:
     region_name, loc = item
-    build_location(loc, _REGIONS[region_name], _SETTINGS, _OUT)
+    build_location(loc, _STATE["regions"][region_name], _STATE["settings"], _STATE["out"])
     return loc.id
 
 
@@ -400,22 +417,8 @@ def build(
     todo = [(name, loc) for name, locs in plans.items() for loc in locs if not is_done(out, loc, settings.seed)]
     report.skipped_done = sum(len(v) for v in plans.values()) - len(todo)
     report.rendered = len(todo)
-    _REGIONS.clear()
-    _REGIONS.update(loaded)
-    bar = tqdm(total=len(todo), desc="embedded: locations", unit="loc", disable=not progress, smoothing=0.05)
-    if workers <= 1 or len(todo) < 2:
-        _init_worker(None, settings, out)
-        for item in todo:
-            _work(item)
-            bar.update()
-    else:
-        fork = "fork" in mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if fork else "spawn")
-        init = (None if fork else loaded, settings, out)
-        with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
-            for _ in pool.imap_unordered(_work, todo, chunksize=max(1, min(16, len(todo) // (workers * 8)))):
-                bar.update()
-    bar.close()
+    run_places(todo, _work, {"regions": loaded, "settings": settings, "out": out}, workers,
+               "embedded: locations", progress)
 
     report.stats = assemble(out, plans, splits, loaded, settings)
     report.locations = {name: {sp: sum(1 for v in splits[name].values() if v == sp)

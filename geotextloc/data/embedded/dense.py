@@ -31,14 +31,11 @@ skipped.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import pickle
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
-
 from geotextloc.data.embedded import builder, sampling
 from geotextloc.data.embedded.facts import scene_facts
 from geotextloc.data.embedded.osm import stable_unit
@@ -165,17 +162,10 @@ def build_place(loc: Location, region: Region, settings: builder.BuildSettings, 
     atomic_write_bytes(facts_path(out, loc), builder.json_bytes(record))
 
 
-_STATE: dict = {}  # regions, settings, out: filled in the parent before the workers fork
-
-
-def _init_worker(state: dict | None) -> None:
-    if state is not None:
-        _STATE.update(state)
-
-
 def _work(item: tuple[str, Location]) -> str:
     city, loc = item
-    build_place(loc, _STATE["regions"][city], _STATE["settings"], _STATE["out"])
+    state = builder._STATE
+    build_place(loc, state["regions"][city], state["settings"], state["out"])
     return loc.id
 
 
@@ -214,22 +204,8 @@ def densify(out: str | Path, spacing: float = DEFAULT_SPACING_M, workers: int = 
     todo = [(city, loc) for city, locs in plans.items() for loc in locs if not is_done(out, loc, settings.seed)]
     report.rendered = len(todo)
     report.skipped_done = sum(len(v) for v in plans.values()) - len(todo)
-    state = {"regions": regions, "settings": settings, "out": out}
-    bar = tqdm(total=len(todo), desc="dense places", unit="place", disable=not progress, smoothing=0.05)
-    if workers <= 1 or len(todo) < 2:
-        _init_worker(state)
-        for item in todo:
-            _work(item)
-            bar.update()
-    else:
-        fork = "fork" in mp.get_all_start_methods()
-        if fork:
-            _init_worker(state)
-        ctx = mp.get_context("fork" if fork else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(None if fork else state,)) as pool:
-            for _ in pool.imap_unordered(_work, todo, chunksize=max(1, min(32, len(todo) // (workers * 8)))):
-                bar.update()
-    bar.close()
+    builder.run_places(todo, _work, {"regions": regions, "settings": settings, "out": out}, workers,
+                       "dense places", progress)
     for city, locs in plans.items():
         ann = {}
         for loc in locs:
