@@ -7,10 +7,18 @@ towers (drone, street, satellite) + the shared text tower at 77 tokens, 224 px, 
 bf16, Adam, the fused loss L_img + L_text. Both run the real
 ``geotextloc.train.loop.train_step`` on a model from ``loop.build_model``. FLOPs per step are
 counted once with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and
-attention, forward and backward); MFU = FLOPs per step / seconds per step / peak bf16 FLOP/s.
+attention, forward and backward) on a step of ``--count-batch`` samples without gradient
+checkpointing, scaled to the batch (every term is linear in the batch but the B x B similarity
+matrix, under 0.1 GFLOP at B = 128): model FLOPs, not the forward passes that checkpointing
+repeats. MFU = model FLOPs per step / seconds per step / peak bf16 FLOP/s.
+
+The CrossText2Loc step at batch 128 does not fit in 80 GB without ``--grad-checkpointing``
+(an H100 80GB ran out of memory), so that profile turns it on, as ``configs/paper/crosstext2loc.yaml``
+does; ``--no-grad-checkpointing --batch-size 64`` times the step a 2-GPU run makes per GPU.
 
     python benchmarks/bench_train_step.py                              # GPU, CrossText2Loc paper profile
     python benchmarks/bench_train_step.py --task geobridge             # GPU, GeoBridge paper profile
+    python benchmarks/bench_train_step.py --no-grad-checkpointing --batch-size 64  # 64 per GPU, no recompute
     python benchmarks/bench_train_step.py --peak-tflops 989            # say the GPU's peak
     python benchmarks/bench_train_step.py --model geotextloc-tiny --batch-size 8 --steps 3  # CPU smoke
     python benchmarks/bench_train_step.py --task geobridge --model geotextloc-tiny --batch-size 8 --steps 3
@@ -37,9 +45,9 @@ from geotextloc.train.losses import contrastive_loss
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0,
                     "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 EOT = 49407
-# Paper profiles: task -> (model, text positions, EPE mode, global batch)
-PROFILES = {"crosstext2loc": ("ViT-L-14-336", 300, "interpolate", 128),
-            "geobridge": ("ViT-L-14", 77, "truncate", 32)}
+# Paper profiles: task -> (model, text positions, EPE mode, global batch, gradient checkpointing)
+PROFILES = {"crosstext2loc": ("ViT-L-14-336", 300, "interpolate", 128, True),
+            "geobridge": ("ViT-L-14", 77, "truncate", 32, False)}
 
 
 def sig(x: float, digits: int = 4) -> float:
@@ -65,12 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--peak-tflops", type=float, help="the device's peak bf16 TFLOP/s (default: known GPUs)")
-    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction,
+                   help="recompute activations in the backward pass (default: the paper config's, on for "
+                        "crosstext2loc, whose batch 128 needs it on an 80 GB GPU; off for geobridge)")
+    p.add_argument("--count-batch", type=int, default=16, help="batch of the FLOP-counting step (scaled up)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
-    model_name, context, epe, batch = PROFILES[args.task]
+    model_name, context, epe, batch, checkpointing = PROFILES[args.task]
     args.model, args.context_length = args.model or model_name, args.context_length or context
     args.epe, args.batch_size = args.epe or epe, args.batch_size or batch
+    if args.grad_checkpointing is None:
+        args.grad_checkpointing = checkpointing
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -83,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = from_dict({"task": args.task, "model": args.model, "pretrained": None, "context_length": args.context_length,
                      "epe": args.epe, "batch_size": args.batch_size, "device": str(device)})
     model, *_ = loop.build_model(cfg, str(device))
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
     dtype = loop.autocast_dtype(args.precision, device)
     optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=1e-5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -104,17 +115,23 @@ def main(argv: list[str] | None = None) -> int:
         loss_fn = contrastive_loss()
         images, masks = torch.randn(args.batch_size, 3, h, w, device=device), None
 
-    def step() -> None:
-        loop.train_step(model, loss_fn, images, texts, optimizer, scheduler, scaler, dtype, masks)
+    def step(b: int | None = None) -> None:
+        cut = slice(None, b)
+        batch_images = {v: x[cut] for v, x in images.items()} if isinstance(images, dict) else images[cut]
+        batch_masks = {k: m[cut] for k, m in masks.items()} if masks else None
+        loop.train_step(model, loss_fn, batch_images, texts[cut], optimizer, scheduler, scaler, dtype, batch_masks)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    count_batch = min(args.count_batch, args.batch_size)
+    model.set_grad_checkpointing(False)
     with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
-    for _ in range(max(0, args.warmup - 1)):
+        step(count_batch)
+    flops = counter.get_total_flops() * args.batch_size / count_batch
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    for _ in range(args.warmup):
         step()
     sync()
     if device.type == "cuda":
@@ -134,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "task": args.task, "model": args.model, "image_size": h, "context_length": n, "batch_size": args.batch_size,
         "parameters_m": round(sum(q.numel() for q in model.parameters()) / 1e6, 1),
         "precision": str(dtype).replace("torch.", "") if dtype else "float32",
+        "grad_checkpointing": args.grad_checkpointing,
         "step_s_median": round(seconds, 4), "step_s_mean": round(statistics.mean(times), 4),
         "samples_per_s": round(args.batch_size / seconds, 2),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda"

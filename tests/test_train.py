@@ -154,6 +154,38 @@ def test_train_last_k_updates_only_the_last_blocks(release, tmp_path):
     assert not any(".resblocks.2." in k or "embedding" in k for k in changed)
 
 
+@pytest.mark.parametrize("task", ["crosstext2loc", "geobridge"])
+def test_grad_checkpointing_recomputes_without_changing_the_step(task):
+    """grad_checkpointing: true (the paper profile's, for batch 128 on one GPU) turns recomputation on
+    in every tower and leaves the loss and the gradients of a training step as they were."""
+    from geotextloc.train.loop import build_model
+    from geotextloc.train.losses import contrastive_loss
+
+    grads = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = build_model(tiny("unused", task=task, grad_checkpointing=on))[0]
+        towers = [model.text.transformer, *(e.transformer for e in model.encoders.values())] \
+            if task == "geobridge" else [model.transformer, model.visual.transformer]
+        assert all(t.grad_checkpointing == on for t in towers)
+        torch.manual_seed(1)
+        texts = torch.randint(1, 49000, (4, 96))
+        if task == "geobridge":
+            from geotextloc.models.geobridge import VIEWS, GeoBridgeLoss
+
+            images = {v: torch.randn(4, 3, 32, 32) for v in VIEWS}
+            masks = {k: torch.ones(4, dtype=torch.bool) for k in (*VIEWS, "text")}
+            features = model(images, texts)
+            loss = GeoBridgeLoss("fused")(features, features["logit_scale"], masks)
+        else:
+            loss = contrastive_loss()(*model(torch.randn(4, 3, 32, 32), texts)[:3])
+        loss.backward()
+        grads[on] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys()
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_train_and_evaluate_commands_on_a_release_folder(release, tmp_path, capsys):
     root, _, _ = release
     parser = argparse.ArgumentParser()

@@ -43,6 +43,8 @@ class TrainConfig:
     context_length: int = 300
     image_size: int | None = None  # None: the model's own
     train_last_k: int | None = None  # None: train everything; k: last k blocks of each tower
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward pass: the
+    #   paper step (ViT-L-14-336, 300 tokens, batch 128) needs more than an 80 GB GPU without it
     # GeoBridge (task: geobridge)
     mode: str = "fused"  # loss: image-only (L_img) | text-only (L_text) | fused (L_img + L_text)
     symmetric: bool = False  # per edge 1/2[L(S_uv) + L(S_vu)] instead of the paper's rows-only L(S_uv)

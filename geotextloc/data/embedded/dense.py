@@ -20,6 +20,7 @@ Output, next to the release (same layout, so ``read_release(..., versions=[...-d
 the training configs read it)::
 
     CVG-text/<City>-dense/train.json     name -> description (test.json is empty)
+    direct/<City>-dense/train.json       name -> the "direct generation" text (the text-source ablation)
     <City>-dense-satellite/ <City>-dense-OSM/
     facts/<City>-dense/<id>.json         written last: the place is done
     dense.json                           spacing, counts per region
@@ -207,13 +208,16 @@ def densify(out: str | Path, spacing: float = DEFAULT_SPACING_M, workers: int = 
     builder.run_places(todo, _work, {"regions": regions, "settings": settings, "out": out}, workers,
                        "dense places", progress)
     for city, locs in plans.items():
-        ann = {}
+        texts = {"CVG-text": {}, "direct": {}}
         for loc in locs:
             rec = json.loads(facts_path(out, loc).read_text(encoding="utf-8"))
-            ann[rec["name"]] = rec["text"]
-        folder = out / "CVG-text" / version_name(city)
-        atomic_write_bytes(folder / "train.json", builder.json_bytes(ann))
-        atomic_write_bytes(folder / "test.json", builder.json_bytes({}))  # training-only version
+            texts["CVG-text"][rec["name"]] = rec["text"]
+            # the direct text is a function of the stored facts (describe is deterministic)
+            texts["direct"][rec["name"]] = dsc.describe(rec["facts"], rec["view"], dsc.DIRECT, settings.seed).text
+        for top, ann in texts.items():
+            folder = out / top / version_name(city)
+            atomic_write_bytes(folder / "train.json", builder.json_bytes(ann))
+            atomic_write_bytes(folder / "test.json", builder.json_bytes({}))  # training-only version
     atomic_write_bytes(out / "dense.json", builder.json_bytes(
         {"spacing_m": spacing, "max_places": max_places, "buffer_m": settings.buffer_m, "regions": report.counts,
          "versions": [version_name(c) for c in plans]}))
