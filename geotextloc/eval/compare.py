@@ -1,0 +1,116 @@
+"""Is model A better than model B on the same test queries? A paired sign test on per-query hits.
+
+Two models evaluated on the same queries differ only where one finds the true tile within k
+and the other does not. With a few hundred queries per gallery, a difference of a few tenths of
+a point of R@1 is one or two queries, which the test set cannot resolve; this module says how
+many queries changed sides and how likely such a split is by chance.
+
+For query q and each model, h(q) = the share of its runs (seeds) whose rank of the true tile is
+at most k. Query q is a win for A when h_A(q) > h_B(q), a win for B when h_A(q) < h_B(q), and
+a tie otherwise. Under H0 (no difference) each non-tied query is a win for A with probability
+1/2, so the two-sided p-value of w_A wins out of n = w_A + w_B is the exact sign test
+
+    p = min(1, 2 * sum_{i <= min(w_A, w_B)} C(n, i) / 2^n)
+
+(McNemar's exact test when there is one run per model). Queries, not seeds, are the
+independent units: averaging a query's hits over the seeds first keeps a query that recurs in
+every seed from counting three times.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geotextloc.errors import DataError
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    k: int
+    queries: int  # queries both models were evaluated on
+    wins_a: int  # queries where A hits (within k) in more runs than B
+    wins_b: int
+    hit_rate_a: float  # mean R@k over runs and queries, in percent
+    hit_rate_b: float
+    p_value: float  # two-sided exact sign test on wins_a vs wins_b
+
+    @property
+    def difference(self) -> float:
+        """R@k of A minus R@k of B, in points."""
+        return self.hit_rate_a - self.hit_rate_b
+
+    def __str__(self) -> str:
+        return (f"R@{self.k}: {self.hit_rate_a:.2f} vs {self.hit_rate_b:.2f} ({self.difference:+.2f} points) on "
+                f"{self.queries} queries; A better on {self.wins_a}, B better on {self.wins_b}, "
+                f"sign test p = {self.p_value:.2g}")
+
+
+def sign_test(wins_a: int, wins_b: int) -> float:
+    """Two-sided exact sign test of ``wins_a`` against ``wins_b`` (p = 1 when both are 0)."""
+    n = wins_a + wins_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins_a, wins_b) + 1))
+    return min(1.0, 2.0 * tail / 2**n)
+
+
+def _hits(tables: Sequence[pd.DataFrame], k: int, label: str) -> pd.Series:
+    """query -> share of ``tables`` (runs) in which the true tile is within rank k."""
+    if not tables:
+        raise DataError(f"paired comparison: no per-query tables for model {label}")
+    columns = []
+    for i, table in enumerate(tables):
+        if not {"query", "rank"} <= set(table.columns):
+            raise DataError(f"paired comparison: table {i} of model {label} has no query/rank columns "
+                            "(pass ProtocolReport.table or a run's eval/*-queries.csv)")
+        if table["query"].duplicated().any():
+            raise DataError(f"paired comparison: table {i} of model {label} lists query "
+                            f"{table['query'][table['query'].duplicated()].iloc[0]!r} twice; "
+                            "compare one gallery (city) per table")
+        rank = pd.to_numeric(table["rank"], errors="coerce")
+        columns.append(pd.Series((rank <= k).to_numpy(dtype=float), index=table["query"].to_numpy()))
+    frame = pd.concat(columns, axis=1, join="outer")
+    if frame.isna().any().any():
+        raise DataError(f"paired comparison: the runs of model {label} were evaluated on different queries")
+    return frame.mean(axis=1)
+
+
+def paired_hits(tables_a: Sequence[pd.DataFrame], tables_b: Sequence[pd.DataFrame], k: int = 1) -> PairedResult:
+    """Compare two models' per-query results (one table per run, e.g. per seed) at R@k.
+
+    Tables need the ``query`` and ``rank`` columns of :class:`~geotextloc.eval.ProtocolReport`
+    (rank: 1-based, empty when the true tile is outside the scope). Both models must have been
+    evaluated on the same queries; a mismatch is an error naming the model.
+    """
+    a, b = _hits(tables_a, k, "A"), _hits(tables_b, k, "B")
+    if set(a.index) != set(b.index):
+        only = sorted(set(a.index) ^ set(b.index))
+        raise DataError(f"paired comparison: models A and B were evaluated on different queries "
+                        f"({len(only)} differ, e.g. {only[0]!r})")
+    b = b.loc[a.index]
+    diff = a.to_numpy() - b.to_numpy()
+    wins_a, wins_b = int(np.sum(diff > 0)), int(np.sum(diff < 0))
+    return PairedResult(k=k, queries=len(a), wins_a=wins_a, wins_b=wins_b, hit_rate_a=100.0 * float(a.mean()),
+                        hit_rate_b=100.0 * float(b.mean()), p_value=sign_test(wins_a, wins_b))
+
+
+def run_tables(run_dirs: Sequence[str | Path], group: str | None = None) -> list[pd.DataFrame]:
+    """One per-query table per run: its ``eval/*-queries.csv`` (every city) concatenated.
+
+    ``group``: ``panorama`` or ``single`` keeps that query view only (None: all queries).
+    """
+    tables = []
+    for run_dir in run_dirs:
+        files = sorted(Path(run_dir).glob("eval/*-queries.csv"))
+        if not files:
+            raise DataError(f"{run_dir}/eval: no per-query tables; evaluate the run first "
+                            "(geotextloc experiments evaluates every finished run)")
+        table = pd.concat([pd.read_csv(f, usecols=["query", "view", "rank"]) for f in files], ignore_index=True)
+        tables.append(table if group is None else table[table["view"] == group])
+    return tables
