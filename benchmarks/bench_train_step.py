@@ -9,7 +9,7 @@ bf16, Adam, the fused loss L_img + L_text. Both run the real
 counted once with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and
 attention, forward and backward) on a step of ``--count-batch`` samples without gradient
 checkpointing, scaled to the batch (every term is linear in the batch but the B x B similarity
-matrix, under 0.1 GFLOP at B = 128): model FLOPs, not the forward passes that checkpointing
+matrix, about 0.15 GFLOP at B = 128): model FLOPs, not the forward passes that checkpointing
 repeats. MFU = model FLOPs per step / seconds per step / peak bf16 FLOP/s.
 
 The CrossText2Loc step at batch 128 does not fit in 80 GB without ``--grad-checkpointing``
@@ -93,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
               f"--task {args.task} --model geotextloc-tiny --batch-size 8 --steps 3", file=sys.stderr)
         return 2
     torch.manual_seed(0)
+    if args.count_batch < 1:
+        p.error(f"--count-batch {args.count_batch}: must be at least 1")
     cfg = from_dict({"task": args.task, "model": args.model, "pretrained": None, "context_length": args.context_length,
-                     "epe": args.epe, "batch_size": args.batch_size, "device": str(device)})
+                     "epe": args.epe, "batch_size": args.batch_size, "device": str(device),
+                     "grad_checkpointing": args.grad_checkpointing})
     model, *_ = loop.build_model(cfg, str(device))
     dtype = loop.autocast_dtype(args.precision, device)
     optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=1e-5)

@@ -22,7 +22,7 @@ def report(names, similarity):
     return evaluate(similarity, names, names, scope=None)
 
 
-@pytest.mark.parametrize("a,b", [(0, 0), (0, 5), (5, 0), (3, 3), (7, 19), (40, 61), (1, 30)])
+@pytest.mark.parametrize("a,b", [(0, 0), (0, 5), (5, 0), (3, 3), (7, 19), (40, 61), (1, 30), (600, 500), (2000, 2100)])
 def test_sign_test_is_the_exact_two_sided_binomial_test(a, b):
     expected = 1.0 if a + b == 0 else binomtest(a, a + b, 0.5).pvalue
     assert sign_test(a, b) == pytest.approx(expected, rel=1e-9)
@@ -33,13 +33,13 @@ def test_a_model_that_finds_every_tile_beats_one_that_guesses():
     n = len(names)
     perfect = report(names, np.eye(n) + rng.uniform(0, 0.1, (n, n))).table
     guesses = [report(names, rng.uniform(0, 1, (n, n))).table for _ in range(3)]
-    result = paired_hits([perfect], guesses, k=1)
+    result = paired_hits([perfect] * 3, guesses, k=1)
     hits = np.mean([(t["rank"] == 1).mean() for t in guesses])
     assert result.queries == n and result.hit_rate_a == 100.0
     assert result.hit_rate_b == pytest.approx(100 * hits)
     assert result.wins_b == 0 and result.wins_a == int((np.mean([t["rank"] == 1 for t in guesses], axis=0) < 1).sum())
     assert result.p_value < 1e-6 and result.difference > 80
-    flipped = paired_hits(guesses, [perfect], k=1)
+    flipped = paired_hits(guesses, [perfect] * 3, k=1)
     assert (flipped.wins_a, flipped.wins_b, flipped.p_value) == (0, result.wins_a, result.p_value)
 
 
@@ -65,18 +65,32 @@ def test_hits_are_averaged_over_runs_per_query_before_counting():
     assert paired_hits(a, b, k=4).p_value == 1.0 and paired_hits(a, b, k=4).wins_a == 0
 
 
+def test_a_true_tile_outside_the_scope_is_a_miss():
+    """ProtocolReport.table has an empty (Int64 <NA>) rank when the truth falls outside the scope:
+    here two places share coordinates and the scope holds only the first."""
+    names = ["60.1700000,24.9400000_a.jpg", "60.1700000,24.9400000_b.jpg", "60.1800000,24.9500000_c.jpg"]
+    table = evaluate(np.eye(3), names, names, scope=1).table
+    assert table["rank"].isna().tolist() == [False, True, False]
+    result = paired_hits([table], [table], k=1)
+    assert result.hit_rate_a == pytest.approx(200 / 3) and (result.wins_a, result.wins_b) == (0, 0)
+
+
 def test_different_queries_are_an_error_that_names_the_model():
     names, rng = city()
     n = len(names)
     full = report(names, rng.uniform(0, 1, (n, n))).table
     with pytest.raises(DataError, match="models A and B were evaluated on different queries"):
         paired_hits([full], [full.iloc[1:]], k=1)
-    with pytest.raises(DataError, match="runs of model B were evaluated on different queries"):
-        paired_hits([full], [full, full.iloc[1:]], k=1)
+    with pytest.raises(DataError, match="runs of model B were evaluated on different queries .table 1 of model B lacks"):
+        paired_hits([full, full], [full, full.iloc[1:]], k=1)
     with pytest.raises(DataError, match="no per-query tables for model A"):
-        paired_hits([], [full])
+        paired_hits([], [])
     with pytest.raises(DataError, match="query/rank columns"):
         paired_hits([full.drop(columns="rank")], [full])
+    with pytest.raises(DataError, match="model A has 1 runs and model B 2"):
+        paired_hits([full], [full, full])
+    with pytest.raises(DataError, match="has no queries"):
+        paired_hits([full.iloc[:0]], [full])
 
 
 def test_run_tables_read_every_city_of_a_run_and_filter_by_query_view(tmp_path):
@@ -86,10 +100,21 @@ def test_run_tables_read_every_city_of_a_run_and_filter_by_query_view(tmp_path):
     for run in ("a", "b"):
         report(names, rng.uniform(0, 1, (n, n))).to_csv(tmp_path / run / "eval" / "Helsinki-osm-queries.csv")
         report(other, rng.uniform(0, 1, (n, n))).to_csv(tmp_path / run / "eval" / "Kouvola-osm-queries.csv")
-    tables = run_tables([tmp_path / "a", tmp_path / "b"])
+    # a satellite table of the same queries in run a: only view= keeps the runs comparable
+    report(names, rng.uniform(0, 1, (n, n))).to_csv(tmp_path / "a" / "eval" / "Helsinki-sat-queries.csv")
+    tables = run_tables([tmp_path / "a", tmp_path / "b"], view="osm")
     assert [len(t) for t in tables] == [2 * n, 2 * n]
-    panoramas = run_tables([tmp_path / "a"], group="panorama")[0]
+    panoramas = run_tables([tmp_path / "a"], group="panorama", view="osm")[0]
     assert len(panoramas) == n and set(panoramas["view"]) == {"panorama"}
+    assert len(run_tables([tmp_path / "a"], group="single_view", view="osm")[0]) == n
     assert paired_hits(tables[:1], tables[1:]).queries == 2 * n
+    with pytest.raises(DataError, match="a/eval/\\*-queries.csv.* lists query"):
+        paired_hits(run_tables([tmp_path / "a"]), run_tables([tmp_path / "b"]))
     with pytest.raises(DataError, match="no per-query tables"):
         run_tables([tmp_path / "missing"])
+    with pytest.raises(DataError, match="query group 'singles'"):
+        run_tables([tmp_path / "a"], group="singles")
+    singles = names[1::2]
+    report(singles, rng.uniform(0, 1, (n // 2, n // 2))).to_csv(tmp_path / "c" / "eval" / "Helsinki-osm-queries.csv")
+    with pytest.raises(DataError, match="c/eval/.*: no panorama queries"):
+        run_tables([tmp_path / "c"], group="panorama")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -109,8 +110,11 @@ def test_galleries_separate_query_groups_only_where_tiles_repeat():
 def test_direct_text_source_replaces_every_description(release, tmp_path):
     records = [_record("60.1,24.9_2024-06_a_d1_z3.jpg")]
     assert ex.with_text_source(records, release, "full") == records
-    with pytest.raises(DataError, match="no direct text for record"):
+    with pytest.raises(DataError, match="no direct text for record .* of C .*rebuild the dataset"):
         ex.with_text_source(records, release, "direct")
+    dense = [replace(records[0], version="C-dense")]  # densified before dense places had direct texts
+    with pytest.raises(DataError, match="of C-dense .*geotextloc data densify --out"):
+        ex.with_text_source(dense, release, "direct")
     with pytest.raises(DataError, match="no direct-generation texts"):
         ex.with_text_source(records, tmp_path, "direct")
 

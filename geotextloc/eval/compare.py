@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from geotextloc.data.release import PANORAMA, SINGLE
 from geotextloc.errors import DataError
 
 
@@ -57,7 +58,11 @@ def sign_test(wins_a: int, wins_b: int) -> float:
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(wins_a, wins_b) + 1))
-    return min(1.0, 2.0 * tail / 2**n)
+    return min(1.0, 2 * tail / 2**n)  # int / int: exact for any n (a float 2**n overflows past ~1,000)
+
+
+def _source(table: pd.DataFrame, i: int, label: str) -> str:
+    return table.attrs.get("source") or f"table {i} of model {label}"
 
 
 def _hits(tables: Sequence[pd.DataFrame], k: int, label: str) -> pd.Series:
@@ -66,18 +71,25 @@ def _hits(tables: Sequence[pd.DataFrame], k: int, label: str) -> pd.Series:
         raise DataError(f"paired comparison: no per-query tables for model {label}")
     columns = []
     for i, table in enumerate(tables):
+        source = _source(table, i, label)
         if not {"query", "rank"} <= set(table.columns):
-            raise DataError(f"paired comparison: table {i} of model {label} has no query/rank columns "
+            raise DataError(f"paired comparison: {source} has no query/rank columns "
                             "(pass ProtocolReport.table or a run's eval/*-queries.csv)")
+        if table.empty:
+            raise DataError(f"paired comparison: {source} has no queries")
         if table["query"].duplicated().any():
-            raise DataError(f"paired comparison: table {i} of model {label} lists query "
+            raise DataError(f"paired comparison: {source} lists query "
                             f"{table['query'][table['query'].duplicated()].iloc[0]!r} twice; "
-                            "compare one gallery (city) per table")
-        rank = pd.to_numeric(table["rank"], errors="coerce")
-        columns.append(pd.Series((rank <= k).to_numpy(dtype=float), index=table["query"].to_numpy()))
+                            "give one table per run with each query once (one gallery view)")
+        rank = pd.to_numeric(table["rank"], errors="coerce").astype("Float64")
+        hit = (rank <= k).fillna(False)  # an empty rank: the true tile was outside the scope, a miss
+        columns.append(pd.Series(hit.to_numpy(dtype=float), index=table["query"].to_numpy()))
     frame = pd.concat(columns, axis=1, join="outer")
     if frame.isna().any().any():
-        raise DataError(f"paired comparison: the runs of model {label} were evaluated on different queries")
+        i = int(np.flatnonzero(frame.isna().any().to_numpy())[0])
+        query = frame.index[frame.iloc[:, i].isna()][0]
+        raise DataError(f"paired comparison: the runs of model {label} were evaluated on different queries "
+                        f"({_source(tables[i], i, label)} lacks {query!r})")
     return frame.mean(axis=1)
 
 
@@ -86,8 +98,13 @@ def paired_hits(tables_a: Sequence[pd.DataFrame], tables_b: Sequence[pd.DataFram
 
     Tables need the ``query`` and ``rank`` columns of :class:`~geotextloc.eval.ProtocolReport`
     (rank: 1-based, empty when the true tile is outside the scope). Both models must have been
-    evaluated on the same queries; a mismatch is an error naming the model.
+    evaluated on the same queries and with the same number of runs (with 3 runs against 1, the
+    averaged hits of two equal models are not symmetric and the test would find differences
+    that are not there); a mismatch is an error.
     """
+    if len(tables_a) != len(tables_b):
+        raise DataError(f"paired comparison: model A has {len(tables_a)} runs and model B {len(tables_b)}; "
+                        "compare the same number of runs (e.g. the same seeds) of each")
     a, b = _hits(tables_a, k, "A"), _hits(tables_b, k, "B")
     if set(a.index) != set(b.index):
         only = sorted(set(a.index) ^ set(b.index))
@@ -100,17 +117,29 @@ def paired_hits(tables_a: Sequence[pd.DataFrame], tables_b: Sequence[pd.DataFram
                         hit_rate_b=100.0 * float(b.mean()), p_value=sign_test(wins_a, wins_b))
 
 
-def run_tables(run_dirs: Sequence[str | Path], group: str | None = None) -> list[pd.DataFrame]:
-    """One per-query table per run: its ``eval/*-queries.csv`` (every city) concatenated.
+def run_tables(run_dirs: Sequence[str | Path], group: str | None = None, view: str | None = None) -> list[pd.DataFrame]:
+    """One per-query table per run: its ``eval/<City>-<view>-queries.csv`` files (every city) concatenated.
 
-    ``group``: ``panorama`` or ``single`` keeps that query view only (None: all queries).
+    ``group``: ``panorama`` or ``single`` (``single_view``) keeps those queries only (None: all).
+    ``view``: the gallery view of the tables (``sat``, ``osm``; None: every table in eval/, which
+    must then hold one view only).
     """
+    groups = {None: None, "overall": None, "panorama": PANORAMA, "single": SINGLE, "single_view": SINGLE}
+    if group not in groups:
+        raise DataError(f"paired comparison: query group {group!r}; choose panorama, single or None (all)")
+    keep = groups[group]
+    pattern = f"eval/*-{view}-queries.csv" if view else "eval/*-queries.csv"
     tables = []
     for run_dir in run_dirs:
-        files = sorted(Path(run_dir).glob("eval/*-queries.csv"))
+        files = sorted(Path(run_dir).glob(pattern))
         if not files:
-            raise DataError(f"{run_dir}/eval: no per-query tables; evaluate the run first "
+            raise DataError(f"{run_dir}/{pattern}: no per-query tables; evaluate the run first "
                             "(geotextloc experiments evaluates every finished run)")
         table = pd.concat([pd.read_csv(f, usecols=["query", "view", "rank"]) for f in files], ignore_index=True)
-        tables.append(table if group is None else table[table["view"] == group])
+        if keep is not None:
+            table = table[table["view"] == keep].reset_index(drop=True)
+            if table.empty:
+                raise DataError(f"{run_dir}/{pattern}: no {keep} queries")
+        table.attrs["source"] = f"{run_dir}/{pattern}" + (f" ({keep} queries)" if keep else "")
+        tables.append(table)
     return tables

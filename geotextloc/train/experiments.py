@@ -169,10 +169,14 @@ def with_text_source(records: Sequence, root: str | Path, source: str) -> list:
     if source == "full":
         return list(records)
     texts = direct_texts(root)
-    missing = [r.name for r in records if r.name not in texts]
+    missing = [r for r in records if r.name not in texts]
     if missing:
-        raise DataError(f"{root}/direct: no direct text for record {missing[0]!r} ({len(missing)} in all); "
-                        "rebuild the dataset so that direct/ matches CVG-text/")
+        first = missing[0]
+        fix = (f"run geotextloc data densify --out {root} again (it writes the dense places' direct texts "
+               "without rendering anything)" if first.version.endswith("-dense")
+               else "rebuild the dataset so that direct/ matches CVG-text/")
+        raise DataError(f"{root}/direct: no direct text for record {first.name!r} of {first.version} "
+                        f"({len(missing)} in all); {fix}")
     return [dataclasses.replace(r, text=texts[r.name]) for r in records]
 
 

@@ -194,13 +194,15 @@ def build_model(cfg: TrainConfig, device: str = "cpu"):
         init_text_positions(model, cfg.text_pos_init)
     if cfg.task != "geobridge":
         train_last_k(model, cfg.train_last_k)
-        model.set_grad_checkpointing(cfg.grad_checkpointing)
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)
         return model, preprocess_train, preprocess_val, tokenizer
     from geotextloc.models.geobridge import GeoBridge
 
     size = model.visual.preprocess_cfg["size"]
     model = GeoBridge(model, unlocked_blocks=cfg.train_last_k)
-    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     if cfg.mode == "image-only":  # L_img never reaches E_t: freeze it (DDP needs no unused-parameter search)
         for name, p in model.text.named_parameters():
             p.requires_grad_(name == "logit_scale")
