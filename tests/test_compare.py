@@ -8,7 +8,7 @@ from scipy.stats import binomtest
 
 from geotextloc.errors import DataError
 from geotextloc.eval import evaluate
-from geotextloc.eval.compare import paired_hits, run_tables, sign_test
+from geotextloc.eval.compare import paired_hits, run_tables, sign_test, wilson_interval
 
 
 def city(n=60, seed=0):
@@ -118,3 +118,19 @@ def test_run_tables_read_every_city_of_a_run_and_filter_by_query_view(tmp_path):
     report(singles, rng.uniform(0, 1, (n // 2, n // 2))).to_csv(tmp_path / "c" / "eval" / "Helsinki-osm-queries.csv")
     with pytest.raises(DataError, match="c/eval/.*: no panorama queries"):
         run_tables([tmp_path / "c"], group="panorama")
+
+
+@pytest.mark.parametrize("hits,n", [(0, 235), (6, 235), (36, 591), (591, 591), (1, 1)])
+def test_wilson_interval_covers_the_rate_like_the_binomial_test_it_inverts(hits, n):
+    low, high = wilson_interval(100 * hits / n, n)
+    assert 0 <= low <= 100 * hits / n <= high <= 100
+    # the interval is the set of rates a two-sided score test at 5 % does not reject: at its ends
+    # the score statistic (p̂ − p)/sqrt(p(1 − p)/n) is ±1.96
+    for end in (low, high):
+        if 0 < end < 100:
+            p = end / 100
+            assert abs(hits / n - p) / np.sqrt(p * (1 - p) / n) == pytest.approx(1.96, rel=1e-6)
+    with pytest.raises(DataError, match="0 queries"):
+        wilson_interval(5.0, 0)
+    with pytest.raises(DataError, match="not a percentage"):
+        wilson_interval(150.0, 10)
