@@ -8,6 +8,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 
 from geotextloc.cli import main
 from geotextloc.data import hub, release
@@ -199,7 +200,13 @@ def test_densify_adds_training_places_away_from_the_test_split(built, tmp_path, 
     out = tmp_path / "data"
     shutil.copytree(src, out)
     released = files(out)
-    report = dense.densify(out, spacing=12.0, max_places=6, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the worker runner keeps workers on one thread, never the caller
+    try:
+        report = dense.densify(out, spacing=12.0, max_places=6, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     after = files(out)
     assert {k: after[k] for k in released} == released  # the release is untouched
     assert any(k.startswith("Helsinki-dense-OSM/") for k in after)

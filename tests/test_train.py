@@ -168,6 +168,9 @@ def test_grad_checkpointing_recomputes_without_changing_the_step(task):
         towers = [model.text.transformer, *(e.transformer for e in model.encoders.values())] \
             if task == "geobridge" else [model.transformer, model.visual.transformer]
         assert all(t.grad_checkpointing == on for t in towers)
+        calls = []  # the blocks' forward runs again in the backward pass when checkpointing recomputes
+        for tower in towers:
+            tower.resblocks[0].register_forward_pre_hook(lambda module, args: calls.append(module))
         torch.manual_seed(1)
         texts = torch.randint(1, 49000, (4, 96))
         if task == "geobridge":
@@ -179,7 +182,9 @@ def test_grad_checkpointing_recomputes_without_changing_the_step(task):
             loss = GeoBridgeLoss("fused")(features, features["logit_scale"], masks)
         else:
             loss = contrastive_loss()(*model(torch.randn(4, 3, 32, 32), texts)[:3])
+        forward_calls = len(calls)
         loss.backward()
+        assert len(calls) == (2 if on else 1) * forward_calls
         grads[on] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert grads[True].keys() == grads[False].keys()
     for name, g in grads[False].items():

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geotextloc.data.release import PANORAMA, SINGLE
+from geotextloc.data.release import SINGLE
 from geotextloc.errors import DataError
+from geotextloc.eval.metrics import GROUPS
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def run_tables(run_dirs: Sequence[str | Path], group: str | None = None, view: s
     ``view``: the gallery view of the tables (``sat``, ``osm``; None: every table in eval/, which
     must then hold one view only).
     """
-    groups = {None: None, "overall": None, "panorama": PANORAMA, "single": SINGLE, "single_view": SINGLE}
+    groups = {None: None, "single": SINGLE, **GROUPS}  # GROUPS: overall, panorama, single_view
     if group not in groups:
         raise DataError(f"paired comparison: query group {group!r}; choose panorama, single or None (all)")
     keep = groups[group]

@@ -272,23 +272,30 @@ def _init_worker(state: dict | None) -> None:
         torch.set_num_threads(1)
 
 
-def run_places(todo: list, work, state: dict, workers: int, desc: str, progress: bool = True) -> None:
-    """``work(item)`` for every item of ``todo``, in ``workers`` processes, with a progress bar.
+def _call(job: tuple) -> object:
+    work, item = job  # work travels by name: a module-level function
+    return work(item, _STATE)
 
-    ``state`` (regions, settings, out) reaches ``work`` through :data:`_STATE`: set here in the
-    parent, so forked workers inherit it; spawned workers get a copy.
+
+def run_places(todo: list, work, state: dict, workers: int, desc: str, progress: bool = True) -> None:
+    """``work(item, state)`` for every item of ``todo``, in ``workers`` processes, with a progress bar.
+
+    ``state`` (regions, settings, out) is set in the parent, so forked workers inherit it;
+    spawned workers get a copy. The parent's own torch threads are left alone.
     """
-    _init_worker(state)
+    _STATE.clear()
+    _STATE.update(state)
     bar = tqdm(total=len(todo), desc=desc, unit="loc", disable=not progress, smoothing=0.05)
     if workers <= 1 or len(todo) < 2:
         for item in todo:
-            work(item)
+            work(item, _STATE)
             bar.update()
     else:
         fork = "fork" in mp.get_all_start_methods()
         ctx = mp.get_context("fork" if fork else "spawn")
+        jobs = [(work, item) for item in todo]
         with ctx.Pool(workers, initializer=_init_worker, initargs=(None if fork else state,)) as pool:
-            for _ in pool.imap_unordered(work, todo, chunksize=max(1, min(16, len(todo) // (workers * 8)))):
+            for _ in pool.imap_unordered(_call, jobs, chunksize=max(1, min(16, len(todo) // (workers * 8)))):
                 bar.update()
     bar.close()
 
@@ -344,9 +351,9 @@ def build_location(loc: Location, region: Region, settings: BuildSettings, out: 
     atomic_write_bytes(facts_path(out, loc), json_bytes(record))
 
 
-def _work(item: tuple[str, Location]) -> str:
+def _work(item: tuple[str, Location], state: dict) -> str:
     region_name, loc = item
-    build_location(loc, _STATE["regions"][region_name], _STATE["settings"], _STATE["out"])
+    build_location(loc, state["regions"][region_name], state["settings"], state["out"])
     return loc.id
 
 

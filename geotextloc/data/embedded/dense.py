@@ -163,9 +163,8 @@ def build_place(loc: Location, region: Region, settings: builder.BuildSettings, 
     atomic_write_bytes(facts_path(out, loc), builder.json_bytes(record))
 
 
-def _work(item: tuple[str, Location]) -> str:
+def _work(item: tuple[str, Location], state: dict) -> str:
     city, loc = item
-    state = builder._STATE
     build_place(loc, state["regions"][city], state["settings"], state["out"])
     return loc.id
 
