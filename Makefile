@@ -12,10 +12,11 @@ WORKERS ?= 2
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-towers.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,ocr,llm,notebook]'
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-towers.txt
 	touch $@
 
 # The embedded default dataset, built once (the builder resumes and skips finished locations).

