@@ -62,6 +62,12 @@ class TrainConfig:
     #   memory (needs augment: false; ~50 kB per 64 px tile): a tiny CPU run then spends its time training
     text_dropout: float = 0.0  # drop each text token with this probability per step (word dropout,
     #   start/end kept): without a pretrained prior a small text tower otherwise memorises rare tokens
+    cache_features: bool = False  # pretrained-towers model: lock the text tower and all but the last
+    #   train_last_k image stages, run the locked parts once over the training set (LiT; geotextloc.train.cached)
+    feature_cache: str | None = None  # folder where those features are kept across runs (None: memory only)
+    val_share: float = 0.0  # > 0: select best.pt on a validation split carved from the training places
+    #   (this share of the released training places; training records within a tile of them are dropped);
+    #   0: select on the test split (the paper's rule)
     num_workers: int = 0
     # optimisation
     batch_size: int = 128  # global: split evenly over the DDP ranks
@@ -104,7 +110,7 @@ def from_dict(values: dict, where: str = "config") -> TrainConfig:
     for key in ("versions", "regions"):
         if isinstance(values.get(key), str):
             values[key] = [values[key]]
-    for key in ("lr", "weight_decay", "adam_eps", "missing_share", "text_dropout"):  # YAML 1.1 reads 1e-5 as a string, 3 as an int
+    for key in ("lr", "weight_decay", "adam_eps", "missing_share", "text_dropout", "val_share"):  # YAML 1.1 reads 1e-5 as a string, 3 as an int
         if isinstance(values.get(key), (int, str)) and not isinstance(values.get(key), bool):
             try:
                 values[key] = float(values[key])
@@ -145,5 +151,9 @@ def _check(cfg: TrainConfig, where: str) -> None:
         fail(f"text_pos_init={cfg.text_pos_init!r} re-initialises a random-init model; set pretrained: null or text_pos_init: normal")
     if cfg.cache_images and cfg.augment:
         fail("cache_images: true needs augment: false (cached tiles are transformed once)")
-    if cfg.train_last_k is not None and cfg.train_last_k < 1:
+    if cfg.train_last_k is not None and cfg.train_last_k < (0 if cfg.cache_features else 1):
         fail(f"train_last_k={cfg.train_last_k!r}; expected null (all) or a positive integer")
+    if not isinstance(cfg.val_share, float) or not 0.0 <= cfg.val_share < 1.0:
+        fail(f"val_share={cfg.val_share!r}; expected a number in [0, 1)")
+    if cfg.cache_features and (cfg.augment or not cfg.cache_images or cfg.text_dropout or cfg.task != "crosstext2loc"):
+        fail("cache_features: true needs task: crosstext2loc, augment: false, cache_images: true, text_dropout: 0")

@@ -166,3 +166,36 @@ class Quadruples(Dataset):
         masks[TEXT] = bool(record.text)
         tokens = self.tokenizer([record.text])[0] if record.text else torch.zeros(self.context, dtype=torch.long)
         return images, tokens, masks
+
+
+VAL_BUFFER_M = 60.0  # a tile's width: no training tile overlaps a validation tile
+DENSE_SUFFIX = "-dense"  # training-only versions (geotextloc data densify): never validation places
+
+
+def validation_split(records: Sequence, share: float, seed: int, buffer_m: float = VAL_BUFFER_M):
+    """(train, validation) carved from training records, spatially clean.
+
+    ``share`` of the released training places (distinct coordinates, dense training-only
+    places excluded) are drawn with ``seed`` as validation places; their records form the
+    validation split, and every remaining training record closer than ``buffer_m`` to one of
+    them is dropped (neighbouring tiles would otherwise show the validation tile's content).
+    """
+    import numpy as np
+
+    places = sorted({(r.lat, r.lon) for r in records if not getattr(r, "version", "").endswith(DENSE_SUFFIX)})
+    if not places or share <= 0:
+        return list(records), []
+    rng = np.random.default_rng(seed)
+    count = max(1, round(share * len(places)))
+    chosen = {places[i] for i in rng.choice(len(places), size=count, replace=False)}
+    val = [r for r in records if (r.lat, r.lon) in chosen and not getattr(r, "version", "").endswith(DENSE_SUFFIX)]
+    centre = np.radians(np.array(sorted(chosen)))  # (m, 2) lat, lon
+    rest = [r for r in records if (r.lat, r.lon) not in chosen]
+    if not rest:
+        return [], val
+    here = np.radians(np.array([(r.lat, r.lon) for r in rest]))
+    # equirectangular distance, exact enough below a few km
+    dy = here[:, None, 0] - centre[None, :, 0]
+    dx = (here[:, None, 1] - centre[None, :, 1]) * np.cos(centre[None, :, 0])
+    near = (np.hypot(dx, dy) * 6_371_000.0 < buffer_m).any(axis=1)
+    return [r for r, n in zip(rest, near) if not n], val

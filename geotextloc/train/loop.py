@@ -3,7 +3,9 @@ checkpoints, exact resume. ``cfg.task`` picks the model; everything else is shar
 
 One process (``geotextloc train --config ...``) or N under torchrun
 (``torchrun --nproc_per_node N -m geotextloc train --config ...``: NCCL on GPUs, gloo on CPU).
-Every epoch: train on the train split; rank 0 evaluates the test split, writes ``last.pt``
+Every epoch: train on the train split; rank 0 evaluates the selection split (a validation split
+carved from the training places when ``val_share > 0``, else the test split, the paper's rule),
+writes ``last.pt``
 (model, optimiser, scheduler, scaler, every rank's RNG states, epoch, step) and ``best.pt``
 (by the selection score), and appends to ``metrics.jsonl``. ``resume: true`` continues from
 ``last.pt`` exactly: the sampler order is a function of (seed, epoch) and the RNG states are
@@ -40,7 +42,7 @@ from geotextloc.files import atomic_path, atomic_write_text
 from geotextloc.models import factory
 from geotextloc.models.epe import init_text_positions
 from geotextloc.train.config import TrainConfig
-from geotextloc.train.data import Pairs, Quadruples, drop_tokens, view_transforms
+from geotextloc.train.data import Pairs, Quadruples, drop_tokens, validation_split, view_transforms
 from geotextloc.train.losses import contrastive_loss
 from geotextloc.train.retrieval import evaluate_model
 
@@ -193,7 +195,8 @@ def build_model(cfg: TrainConfig, device: str = "cpu"):
     if cfg.pretrained is None:
         init_text_positions(model, cfg.text_pos_init)
     if cfg.task != "geobridge":
-        train_last_k(model, cfg.train_last_k)
+        if not cfg.cache_features:  # else geotextloc.train.cached.lock freezes the towers
+            train_last_k(model, cfg.train_last_k)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         return model, preprocess_train, preprocess_val, tokenizer
@@ -271,6 +274,10 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
 
     if train_records is None:  # read (and check) the data before building a large model
         train_records, test_records = load_records(cfg)
+    select_records, select_split = test_records, "test"  # the paper's rule
+    if cfg.val_share:
+        train_records, select_records = validation_split(train_records, cfg.val_share, cfg.seed)
+        select_split = "val"
     geobridge = cfg.task == "geobridge"
     if geobridge and cfg.missing_share:
         from geotextloc.data.geoloc_manifest import drop_view
@@ -288,6 +295,13 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
                       progress=rank == 0)
     if len(pairs) < cfg.batch_size:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(pairs)} training records")
+    trainer = model
+    if cfg.cache_features:  # locked towers run once; the trainable parts see cached inputs
+        from geotextloc.train import cached
+
+        cached.lock(model, cfg.train_last_k or 0)
+        pairs = cached.cached_pairs(cfg, model, pairs, train_records, dtype, progress=rank == 0)
+        trainer = cached.CachedTowers(model, cfg.train_last_k or 0)
     sampler = DistributedSampler(pairs, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(pairs, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
@@ -297,8 +311,8 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
     total = cfg.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.warmup_steps, total))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
+    ddp = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else trainer
     if geobridge:
         from geotextloc.models.geobridge import GeoBridgeLoss
 
@@ -338,11 +352,11 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
                 append_jsonl(metrics, {"kind": "train", "epoch": epoch, "step": step, "loss": loss.item(),
                                        "lr": scheduler.get_last_lr()[0],
                                        "logit_scale": unwrap(ddp).logit_scale.exp().item()})
-        due = cfg.eval_every and test_records and (epoch + 1) % cfg.eval_every == 0
+        due = cfg.eval_every and select_records and (epoch + 1) % cfg.eval_every == 0
         if rank == 0 and due:
-            report, score = evaluate_split(cfg, model, test_records, preprocess_val, tokenizer)
+            report, score = evaluate_split(cfg, model, select_records, preprocess_val, tokenizer)
             summary = report.to_dict()
-            append_jsonl(metrics, {"kind": "eval", "epoch": epoch, "step": step, **summary})
+            append_jsonl(metrics, {"kind": "eval", "split": select_split, "epoch": epoch, "step": step, **summary})
             if score > best_r1:
                 best_r1 = score
                 save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,

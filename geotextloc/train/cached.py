@@ -1,0 +1,174 @@
+"""Locked towers run once (LiT): train only the heads and the image tower's last stages.
+
+On two CPU cores a pretrained text tower costs seconds per batch at 300 tokens, and every
+epoch would recompute the same frozen layers. With ``cache_features: true`` (pretrained-towers
+model, no augmentation) the frozen parts run once over the training set:
+
+- text: the whole tower is locked; its mean-pooled output (384-d, before the projection) is
+  cached, so the EPE variant decides what the cached features saw (77 tokens or 300);
+- image: MobileNetV2's stem and first stages are locked; the feature maps entering the last
+  ``train_last_k`` stages are cached (float16), and those stages, the head conv and the
+  projection train.
+
+The trainable parameters are the model's own (:class:`CachedTowers` only routes cached inputs
+through them), so checkpoints, evaluation and search use the whole model unchanged. Caches
+are stored as safetensors under ``feature_cache`` keyed by a hash of everything they depend on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from geotextloc.errors import ConfigError
+from geotextloc.files import atomic_path
+
+
+def _trunk(model: nn.Module) -> nn.Module:
+    trunk = getattr(getattr(model, "visual", None), "trunk", None)
+    if trunk is None or not hasattr(trunk, "blocks") or not hasattr(getattr(model, "text", None), "pooler"):
+        raise ConfigError("cache_features needs the pretrained-towers model (geotextloc-minilm-mnv2)")
+    return trunk
+
+
+def split_stage(model: nn.Module, k: int) -> int:
+    """Index of the first trainable stage of the image trunk (its last ``k`` stages train)."""
+    stages = len(_trunk(model).blocks)
+    if not 0 <= k <= stages:
+        raise ConfigError(f"train_last_k={k}: the image tower has {stages} stages")
+    return stages - k
+
+
+def image_stem(model: nn.Module, images: torch.Tensor, start: int) -> torch.Tensor:
+    """The locked part: stem conv and stages [0, start) -> feature maps."""
+    trunk = _trunk(model)
+    x = trunk.bn1(trunk.conv_stem(images))
+    return trunk.blocks[:start](x)
+
+
+def image_tail(model: nn.Module, maps: torch.Tensor, start: int) -> torch.Tensor:
+    """The trainable part: stages [start, end), head conv, pooling, projection."""
+    trunk = _trunk(model)
+    x = trunk.bn2(trunk.conv_head(trunk.blocks[start:](maps)))
+    return model.visual.head(trunk.forward_head(x))
+
+
+def text_pooled(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The locked text tower's mean-pooled output (before the projection)."""
+    text = model.text
+    used = (tokens != text.config.pad_token_id).any(dim=0).nonzero()
+    tokens = tokens[:, : int(used.max()) + 1 if len(used) else 1]
+    mask = (tokens != text.config.pad_token_id).long()
+    return text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
+
+
+def lock(model: nn.Module, k: int) -> None:
+    """Freeze all but the image trunk's last ``k`` stages + head conv, both projections and
+    the temperature. Locked modules stay in eval mode (BatchNorm statistics, dropout)."""
+    start = split_stage(model, k)
+    trunk = _trunk(model)
+    model.requires_grad_(False)
+    for module in [*trunk.blocks[start:], trunk.conv_head, trunk.bn2, model.visual.head, model.text.proj]:
+        module.requires_grad_(True)
+    model.logit_scale.requires_grad_(True)
+
+
+class CachedTowers(nn.Module):
+    """The model's training forward on cached inputs: (image maps, pooled text) -> features."""
+
+    def __init__(self, model: nn.Module, k: int):
+        super().__init__()
+        self.model = model
+        self.start = split_stage(model, k)
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.model.logit_scale
+
+    def train(self, mode: bool = True):
+        """Only the trainable stages switch to training mode; locked parts stay in eval."""
+        super().train(False)
+        trunk = _trunk(self.model)
+        for module in [*trunk.blocks[self.start:], trunk.bn2, self.model.visual.head]:
+            module.train(mode)
+        return self
+
+    def forward(self, maps: torch.Tensor, pooled: torch.Tensor):
+        image = image_tail(self.model, maps.float(), self.start)
+        text = self.model.text.proj(pooled.float())
+        return F.normalize(image, dim=-1), F.normalize(text, dim=-1), self.model.logit_scale.exp()
+
+
+def cache_key(cfg, part: str, records, view: str) -> str:
+    """A hash of what the cache of ``part`` (image | text) depends on."""
+    from geotextloc.train.data import image_paths
+
+    common = {"model": cfg.model, "pretrained": cfg.pretrained, "precision": cfg.precision, "v": 1}
+    if part == "image":
+        paths = image_paths(records, view)
+        stat = [(str(p), p.stat().st_size) for p in paths]
+        what = {**common, "image_size": cfg.image_size, "k": cfg.train_last_k, "images": stat}
+    else:
+        what = {**common, "epe": cfg.epe, "context_length": cfg.context_length,
+                "texts": [r.text for r in records]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _encode(fn, batches, desc: str, dtype, progress: bool) -> torch.Tensor:
+    out = []
+    autocast = torch.autocast("cpu", dtype=dtype) if dtype else torch.autocast("cpu", enabled=False)
+    with torch.no_grad(), autocast:
+        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+            out.append(fn(batch).float())
+    return torch.cat(out)
+
+
+def _load_or_make(path: Path | None, make) -> torch.Tensor:
+    from safetensors.torch import load_file, save_file
+
+    if path is not None and path.is_file():
+        return load_file(str(path))["x"]
+    x = make()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"x": x.contiguous()}, str(tmp))
+    return x
+
+
+def cached_pairs(cfg, model: nn.Module, pairs, records, dtype=None, batch_size: int = 64,
+                 progress: bool = True) -> TensorDataset:
+    """(image maps, pooled text) for every training pair, computed once (or read from the cache).
+
+    ``pairs`` is a :class:`~geotextloc.train.data.Pairs` built with ``cache=True``.
+    """
+    if pairs.images is None:
+        raise ConfigError("cache_features needs cache_images: true and augment: false")
+    start = split_stage(model, cfg.train_last_k or 0)
+    model.eval()
+    folder = Path(cfg.feature_cache) if cfg.feature_cache else None
+    image_file = folder / f"image-{cache_key(cfg, 'image', records, cfg.view)}.safetensors" if folder else None
+    text_file = folder / f"text-{cache_key(cfg, 'text', records, cfg.view)}.safetensors" if folder else None
+    images = pairs.images
+    maps = _load_or_make(image_file, lambda: _encode(
+        lambda b: image_stem(model, b, start), images.split(batch_size), "cache image features",
+        dtype, progress).half())
+    pooled = _load_or_make(text_file, lambda: _by_length(model, pairs.tokens, batch_size, dtype, progress))
+    return TensorDataset(maps[pairs.index], pooled)
+
+
+def _by_length(model: nn.Module, tokens: torch.Tensor, batch_size: int, dtype, progress: bool) -> torch.Tensor:
+    """Pooled text features, batched by length (each batch is cut to its longest text)."""
+    order = (tokens != model.text.config.pad_token_id).sum(dim=1).argsort()
+    pooled = _encode(lambda b: text_pooled(model, b), tokens[order].split(batch_size),
+                     "cache text features", dtype, progress)
+    out = torch.empty_like(pooled)
+    out[order] = pooled
+    return out
