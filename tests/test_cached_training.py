@@ -101,3 +101,13 @@ def test_selection_on_validation_is_recorded_as_such(release, tmp_path):
     evals = [r for r in rows if r["kind"] == "eval"]
     assert evals and all(r["split"] == "val" for r in evals)
     assert evals[0]["overall"]["Count"] < len(test_records) + len(train_records)
+
+
+def test_early_stopping_ends_a_run_whose_validation_score_stalls_and_survives_resume(release, tmp_path):
+    train_records, test_records = release
+    cfg = towers(tmp_path, epochs=8, lr=1e-9, patience=2)  # lr ~0: the score cannot improve
+    summary = train(cfg, train_records, test_records)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert summary["epoch"] == 3 and rows[-1]["kind"] == "early_stop"
+    again = train(towers(tmp_path, epochs=8, lr=1e-9, patience=2, resume=True), train_records, test_records)
+    assert again["epoch"] == 3

@@ -83,6 +83,7 @@ class TrainConfig:
     eval_scope: int = 100  # candidates per query: the M nearest gallery tiles
     eval_every: int = 1  # epochs; 0 = never
     eval_batch_size: int = 64
+    patience: int | None = None  # stop after this many evaluations without a better selection score
     out_dir: str = "runs/crosstext2loc"
     resume: bool = False  # continue the run in out_dir from its last.pt
     stop_after_epoch: int | None = None  # stop early as if interrupted (tests, time boxes)
@@ -153,6 +154,9 @@ def _check(cfg: TrainConfig, where: str) -> None:
         fail("cache_images: true needs augment: false (cached tiles are transformed once)")
     if cfg.train_last_k is not None and cfg.train_last_k < (0 if cfg.cache_features else 1):
         fail(f"train_last_k={cfg.train_last_k!r}; expected null (all) or a positive integer")
+    if cfg.patience is not None and (not isinstance(cfg.patience, int) or isinstance(cfg.patience, bool)
+                                     or cfg.patience < 1):
+        fail(f"patience={cfg.patience!r}; expected null (never stop early) or a positive integer")
     if not isinstance(cfg.val_share, float) or not 0.0 <= cfg.val_share < 1.0:
         fail(f"val_share={cfg.val_share!r}; expected a number in [0, 1)")
     if cfg.cache_features and (cfg.augment or not cfg.cache_images or cfg.text_dropout or cfg.task != "crosstext2loc"):

@@ -12,7 +12,7 @@ writes ``last.pt``
 restored, so the losses equal an uninterrupted run's.
 
 - ``crosstext2loc``: (tile of ``cfg.view``, text) pairs from the release, open_clip's
-  ``ClipLoss``; evaluated with the CVG-Text protocol; score = test R@1.
+  ``ClipLoss``; evaluated with the CVG-Text protocol; score = R@1 of the selection split.
 - ``geobridge``: (drone, street, satellite, text) quadruples from the GeoLoc manifest,
   :class:`~geotextloc.models.geobridge.GeoBridge` + ``GeoBridgeLoss(cfg.mode)``; a missing view
   is a False mask (every rank passes the same keys and per-rank batch size); in ``image-only``
@@ -164,6 +164,14 @@ def keep_metrics_before(path: Path, epoch: int) -> None:
     if path.exists():
         rows = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] < epoch]
         atomic_write_text(path, "".join(f"{line}\n" for line in rows))
+
+
+def _stale_evaluations(metrics: Path, best: float) -> int:
+    """Evaluations since the best score, from ``metrics.jsonl`` (to resume early stopping)."""
+    scores = [row.get("score") for row in map(json.loads, metrics.read_text().splitlines())
+              if row["kind"] == "eval"] if metrics.exists() else []
+    scores = [s for s in scores if s is not None]
+    return len(scores) - 1 - max((i for i, s in enumerate(scores) if s >= best), default=len(scores) - 1)
 
 
 def load_records(cfg: TrainConfig) -> tuple[list, list]:
@@ -327,8 +335,10 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         keep_metrics_before(metrics, start_epoch)
 
-    done = start_epoch
+    done, stale = start_epoch, _stale_evaluations(metrics, best_r1) if start_epoch else 0
     for epoch in range(start_epoch, cfg.epochs):
+        if cfg.patience and stale >= cfg.patience:  # a resumed run that had stopped early
+            break
         sampler.set_epoch(epoch)
         ddp.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False)
@@ -356,9 +366,11 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
         if rank == 0 and due:
             report, score = evaluate_split(cfg, model, select_records, preprocess_val, tokenizer)
             summary = report.to_dict()
-            append_jsonl(metrics, {"kind": "eval", "split": select_split, "epoch": epoch, "step": step, **summary})
+            append_jsonl(metrics, {"kind": "eval", "split": select_split, "epoch": epoch, "step": step,
+                                   "score": score, **summary})
+            stale += 1
             if score > best_r1:
-                best_r1 = score
+                best_r1, stale = score, 0
                 save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
                              "report": summary}, out / "best.pt")
                 report.to_csv(out / "best_queries.csv")
@@ -375,5 +387,9 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
             dist.barrier()
         done = epoch + 1
         if cfg.stop_after_epoch and done >= cfg.stop_after_epoch:
+            break
+        if cfg.patience and stale >= cfg.patience:  # early stopping on the selection split
+            if rank == 0:
+                append_jsonl(metrics, {"kind": "early_stop", "epoch": epoch, "step": step, "best_R@1": best_r1})
             break
     return {"out_dir": str(out), "epoch": done, "step": step, "best_R@1": best_r1 if best_r1 >= 0 else None}
