@@ -33,7 +33,7 @@ def towers(out_dir, **overrides):
     return from_dict(values | overrides)
 
 
-def test_cached_features_train_only_the_unlocked_parts_and_resume_exactly(release, tmp_path):
+def test_cached_features_train_only_the_unlocked_parts_and_resume_exactly(release, tmp_path, monkeypatch):
     train_records, test_records = release
     cfg = towers(tmp_path / "a", feature_cache=str(tmp_path / "features"))
     summary = train(cfg, train_records, test_records)
@@ -52,7 +52,10 @@ def test_cached_features_train_only_the_unlocked_parts_and_resume_exactly(releas
     assert not any(k.startswith(("visual.trunk.blocks.4.", "visual.trunk.conv_stem", "text.transformer."))
                    for k in changed)
 
-    # interrupted and resumed (features read back from the cache) = uninterrupted
+    # interrupted and resumed (features read back from the cache, no tile decoded) = uninterrupted
+    from geotextloc.train import cached
+
+    monkeypatch.setattr(cached, "tiles", lambda *args: pytest.fail("tiles decoded again"))
     train(towers(tmp_path / "b", feature_cache=str(tmp_path / "features"), stop_after_epoch=1),
           train_records, test_records)
     train(towers(tmp_path / "b", feature_cache=str(tmp_path / "features"), resume=True), train_records, test_records)
@@ -68,6 +71,8 @@ def test_cached_features_train_only_the_unlocked_parts_and_resume_exactly(releas
 def test_cached_features_refuse_augmentation_and_other_models(release, tmp_path):
     with pytest.raises(ConfigError, match="cache_features"):
         towers(tmp_path, augment=True, cache_images=False)
+    with pytest.raises(ConfigError, match="cache_features"):
+        towers(tmp_path, task="geobridge")
     with pytest.raises(ConfigError, match="cache_features"):
         towers(tmp_path, text_dropout=0.3)
     with pytest.raises(ConfigError, match="pretrained-towers model"):

@@ -106,26 +106,22 @@ class CachedTowers(nn.Module):
         return F.normalize(image, dim=-1), F.normalize(text, dim=-1), self.model.logit_scale.exp()
 
 
-def cache_key(cfg, part: str, records, view: str) -> str:
-    """A hash of what the cache of ``part`` (image | text) depends on."""
-    from geotextloc.train.data import image_paths
-
-    common = {"model": cfg.model, "pretrained": cfg.pretrained, "precision": cfg.precision, "v": 1}
+def cache_key(cfg, part: str, items) -> str:
+    """A hash of what the cache of ``part`` depends on: image files (path, size) or texts."""
+    common = {"model": cfg.model, "pretrained": cfg.pretrained, "precision": cfg.precision, "v": 2}
     if part == "image":
-        paths = image_paths(records, view)
-        stat = [(str(p), p.stat().st_size) for p in paths]
-        what = {**common, "image_size": cfg.image_size, "k": cfg.train_last_k, "images": stat}
+        what = {**common, "image_size": cfg.image_size, "k": cfg.train_last_k,
+                "images": [(str(p), p.stat().st_size) for p in items]}
     else:
-        what = {**common, "epe": cfg.epe, "context_length": cfg.context_length,
-                "texts": [r.text for r in records]}
+        what = {**common, "epe": cfg.epe, "context_length": cfg.context_length, "texts": list(items)}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _encode(fn, batches, desc: str, dtype, progress: bool) -> torch.Tensor:
+def _encode(fn, batches, desc: str, dtype, progress: bool, total: int | None = None) -> torch.Tensor:
     out = []
     autocast = torch.autocast("cpu", dtype=dtype) if dtype else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), autocast:
-        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False, total=total):
             out.append(fn(batch).float())
     return torch.cat(out)
 
@@ -143,25 +139,38 @@ def _load_or_make(path: Path | None, make) -> torch.Tensor:
     return x
 
 
-def cached_pairs(cfg, model: nn.Module, pairs, records, dtype=None, batch_size: int = 64,
+def cached_pairs(cfg, model: nn.Module, pairs, dtype=None, batch_size: int = 64,
                  progress: bool = True) -> TensorDataset:
     """(image maps, pooled text) for every training pair, computed once (or read from the cache).
 
-    ``pairs`` is a :class:`~geotextloc.train.data.Pairs` built with ``cache=True``.
+    ``pairs`` is a :class:`~geotextloc.train.data.Pairs` (its paths, texts, transform and
+    tokenizer); a tile shared by several texts is encoded once. With the features in
+    ``feature_cache``, no tile is decoded at all.
     """
-    if pairs.images is None:
-        raise ConfigError("cache_features needs cache_images: true and augment: false")
     start = split_stage(model, cfg.train_last_k or 0)
     model.eval()
+    unique = list(dict.fromkeys(pairs.paths))
+    slot = {path: k for k, path in enumerate(unique)}
+    index = torch.tensor([slot[path] for path in pairs.paths])
     folder = Path(cfg.feature_cache) if cfg.feature_cache else None
-    image_file = folder / f"image-{cache_key(cfg, 'image', records, cfg.view)}.safetensors" if folder else None
-    text_file = folder / f"text-{cache_key(cfg, 'text', records, cfg.view)}.safetensors" if folder else None
-    images = pairs.images
+    image_file = folder / f"image-{cache_key(cfg, 'image', unique)}.safetensors" if folder else None
+    text_file = folder / f"text-{cache_key(cfg, 'text', pairs.texts)}.safetensors" if folder else None
+
     maps = _load_or_make(image_file, lambda: _encode(
-        lambda b: image_stem(model, b, start), images.split(batch_size), "cache image features",
-        dtype, progress).half())
-    pooled = _load_or_make(text_file, lambda: _by_length(model, pairs.tokens, batch_size, dtype, progress))
-    return TensorDataset(maps[pairs.index], pooled)
+        lambda b: image_stem(model, b, start), tiles(unique, pairs.transform, batch_size),
+        "cache image features", dtype, progress,
+        total=-(-len(unique) // batch_size)).half())
+    tokens = pairs.tokenizer(pairs.texts)
+    pooled = _load_or_make(text_file, lambda: _by_length(model, tokens, batch_size, dtype, progress))
+    return TensorDataset(maps[index], pooled)
+
+
+def tiles(paths: list[Path], transform, batch_size: int):
+    """Batches of decoded, transformed tiles."""
+    from geotextloc.train.data import load_image
+
+    for i in range(0, len(paths), batch_size):
+        yield torch.stack([transform(load_image(p)) for p in paths[i : i + batch_size]])
 
 
 def _by_length(model: nn.Module, tokens: torch.Tensor, batch_size: int, dtype, progress: bool) -> torch.Tensor:

@@ -299,8 +299,8 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
         size = model.encoders["drone"].preprocess_cfg["size"]
         pairs = Quadruples(train_records, transform, tokenizer, size)
     else:
-        pairs = Pairs(train_records, cfg.view, transform, tokenizer, cache=cfg.cache_images,
-                      progress=rank == 0)
+        pairs = Pairs(train_records, cfg.view, transform, tokenizer, progress=rank == 0,
+                      cache=cfg.cache_images and not cfg.cache_features)  # cached features need no tiles
     if len(pairs) < cfg.batch_size:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(pairs)} training records")
     trainer = model
@@ -308,7 +308,7 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
         from geotextloc.train import cached
 
         cached.lock(model, cfg.train_last_k or 0)
-        pairs = cached.cached_pairs(cfg, model, pairs, train_records, dtype, progress=rank == 0)
+        pairs = cached.cached_pairs(cfg, model, pairs, dtype, progress=rank == 0)
         trainer = cached.CachedTowers(model, cfg.train_last_k or 0)
     sampler = DistributedSampler(pairs, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(pairs, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
