@@ -15,7 +15,7 @@ from geotextloc.data import hub, release
 from geotextloc.data.embedded import builder, dense
 from geotextloc.data.embedded.builder import BuildSettings, build
 from geotextloc.data.embedded.contact_sheet import copy_contact_sheets, pick_locations
-from geotextloc.errors import ConfigError
+from geotextloc.errors import ConfigError, DataError
 from geotextloc.train import experiments
 from geotextloc import files as atomic
 
@@ -29,32 +29,47 @@ def files(root: Path, skip: tuple[str, ...] = (".cache",)) -> dict[str, bytes]:
             if p.is_file() and not set(skip) & set(p.relative_to(root).parts)}
 
 
+REGIONS = ("helsinki", "kouvola")  # monaco is fetched with pip: tests/test_embedded_regions.py
+CITIES = ("Helsinki", "Helsinki-25m", "Kouvola", "Kouvola-25m")  # paper density, street level
+
+
+def build_small(out: Path, **kwargs) -> builder.BuildReport:
+    return build(out, regions=REGIONS, **{"max_locations": N, "settings": SETTINGS, "workers": 1,
+                                          "progress": False, **kwargs})
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, builder.BuildReport]:
     out = tmp_path_factory.mktemp("embedded") / "data"
-    return out, build(out, max_locations=N, settings=SETTINGS, workers=1, progress=False)
+    return out, build_small(out)
 
 
 def test_layout_and_reader_round_trip(built):
     out, report = built
-    assert set(report.locations) == {"Helsinki", "Kouvola"}
+    assert set(report.locations) == set(CITIES)
     contents = release.read_release(out)
     assert contents.skipped == []
-    assert contents.versions == ["Helsinki", "Helsinki-mixed", "Helsinki-photos",
-                                 "Kouvola", "Kouvola-mixed", "Kouvola-photos"]
+    assert contents.versions == sorted(f"{c}{kind}" for c in CITIES for kind in ("", "-mixed", "-photos"))
+    assert not (out / ".cache").exists()  # no parsed-region pickles in a data folder
     by_version = {}
     for r in contents.records:
         by_version.setdefault(r.version, []).append(r)
         assert set(r.images) == {"satellite", "osm", "street", "drone"}
         if not r.version.endswith("-mixed"):
             assert r.view == (release.SINGLE if r.version.endswith("-photos") else release.PANORAMA)
-        assert r.city in ("Helsinki", "Kouvola")
+        assert r.city in CITIES
     released = sum(c["train"] + c["test"] for c in report.locations.values())
     assert sum(len(v) for v in by_version.values()) == 3 * released
     for city, counts in report.locations.items():
-        assert counts["test"] >= 1 and counts["train"] >= 1
-        splits = {r.split for r in by_version[city]}
-        assert splits == {"train", "test"}
+        street_level = city.endswith("-25m")  # test only
+        assert counts["test"] >= 1 and (counts["train"] == 0 if street_level else counts["train"] >= 1)
+        assert {r.split for r in by_version[city]} == ({"test"} if street_level else {"train", "test"})
+    # A place in both benchmarks is rendered once: the street-level files are hard links to it.
+    shared = set(json.loads((out / "CVG-text" / "Kouvola" / "test.json").read_text())) & set(
+        json.loads((out / "CVG-text" / "Kouvola-25m" / "test.json").read_text()))
+    for name in shared:
+        a, b = out / "Kouvola-satellite" / name, out / "Kouvola-25m-satellite" / name
+        assert a.stat().st_ino == b.stat().st_ino
     # Texts come from the facts files; the panorama text mentions the street of its facts.
     rec = by_version["Helsinki"][0]
     loc_id = rec.name.split("_")[2]
@@ -69,12 +84,11 @@ def test_layout_and_reader_round_trip(built):
     assert {r.view for r in mixed} == {release.PANORAMA, release.SINGLE}
     assert len({(r.lat, r.lon) for r in mixed}) == len(mixed)
     assert len(mixed) == len(by_version["Kouvola"])
-    assert sorted(p.name for p in (out / "hf").iterdir()) == [
-        "Helsinki", "Helsinki-photos", "Kouvola", "Kouvola-photos"]
+    assert sorted(p.name for p in (out / "hf").iterdir()) == sorted(f"{c}{k}" for c in CITIES for k in ("", "-photos"))
     dd = hub.load_cvgtext(out, version="Kouvola-mixed")
     assert sum(len(ds) for ds in dd.values()) == len(mixed)
     assert dd["train"][0]["satellite"].size == (64, 64)
-    assert set(dd["train"]["view"]) == {release.PANORAMA, release.SINGLE}
+    assert {v for ds in dd.values() for v in ds["view"]} == {release.PANORAMA, release.SINGLE}
     saved = datasets.load_from_disk(str(out / "hf" / "Kouvola-photos"))
     assert sum(len(ds) for ds in saved.values()) == len(mixed)
     # GeoLoc quadruples point at existing files; direct texts carry the same keys.
@@ -86,7 +100,9 @@ def test_layout_and_reader_round_trip(built):
             direct = json.loads((out / "direct" / city / f"{split}.json").read_text())
             assert set(ann) == set(direct)
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["text"]["panorama"]["count"] == released
+    paper = sum(c["train"] + c["test"] for city, c in report.locations.items() if city in ("Helsinki", "Kouvola"))
+    assert stats["text"]["panorama"]["count"] == paper
+    assert stats["versions"]["Kouvola-25m"]["test"] == report.locations["Kouvola-25m"]["test"]
     assert stats["text"]["single"]["mean_tokens"] < stats["text"]["panorama"]["mean_tokens"]
 
 
@@ -133,7 +149,7 @@ def test_contact_sheets(built, tmp_path):
 def test_rebuild_is_byte_identical_with_workers(built, tmp_path):
     out, _ = built
     again = tmp_path / "data"
-    build(again, max_locations=N, settings=SETTINGS, workers=2, progress=False)
+    build_small(again, workers=2)
     a, b = files(out), files(again)
     assert sorted(a) == sorted(b)
     differ = [k for k in a if a[k] != b[k]]
@@ -146,33 +162,47 @@ def test_resume_after_interruption(built, tmp_path, monkeypatch):
     real = builder.build_location
     calls = []
 
-    def crash_on_third(loc, region, settings, out_dir):
+    def crash_on_third(loc, region, settings, out_dir, cities):
         calls.append(loc.id)
         if len(calls) == 3:
-            real(loc, region, settings, out_dir)  # the third location is half written ...
+            real(loc, region, settings, out_dir, cities)  # the third location is half written ...
             builder.facts_path(out_dir, loc).unlink()  # ... its facts (written last) are missing
             raise KeyboardInterrupt
-        real(loc, region, settings, out_dir)
+        real(loc, region, settings, out_dir, cities)
 
     monkeypatch.setattr(builder, "build_location", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        build(part, max_locations=N, settings=SETTINGS, workers=1, hf=False, progress=False)
+        build_small(part, hf=False)
     monkeypatch.setattr(builder, "build_location", real)
     assert not [p for p in part.rglob("*.tmp")]  # atomic writes: no temp file left
     assert len(list((part / "facts").rglob("*.json"))) == 2
-    report = build(part, max_locations=N, settings=SETTINGS, workers=1, hf=False, progress=False)
-    assert report.skipped_done == 2 and report.rendered == sum(
-        c["train"] + c["test"] for c in report.locations.values()) - 2
-    assert files(part, skip=(".cache", "hf")) == files(out, skip=(".cache", "hf"))
+    report = build_small(part, hf=False)
+    assert report.skipped_done == 2 and report.rendered == len(list((out / "facts").rglob("*.json"))) - 2
+    assert files(part, skip=("hf",)) == files(out, skip=("hf",))
 
     # A lost image makes its location unfinished again.
-    victim = next((part / "Kouvola-drone").iterdir())
+    victim = next((part / "Kouvola-25m-drone").iterdir())
     victim.unlink()
-    report = build(part, max_locations=N, settings=SETTINGS, workers=1, hf=False, progress=False)
+    report = build_small(part, hf=False)
     assert report.rendered == 1 and victim.is_file()
 
     with pytest.raises(ConfigError, match="other settings"):
-        build(part, max_locations=N, settings=BuildSettings(size=96, pano_width=128), progress=False)
+        build_small(part, settings=BuildSettings(size=96, pano_width=128))
+
+
+def test_builds_of_another_builder_version_are_refused(built, tmp_path):
+    """A folder built by an older builder (other files for the same arguments) is not resumed,
+    and densify refuses it too: each error names the folder and the fix."""
+    out, _ = built
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((out / "build.json").read_text(encoding="utf-8"))
+    manifest["settings"]["builder_version"] = builder.BUILDER_VERSION - 1
+    (old / "build.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"builder_version {builder.BUILDER_VERSION - 1} -> "):
+        build_small(old)
+    with pytest.raises(DataError, match="another version of the builder"):
+        dense.densify(old, progress=False)
 
 
 def test_cli_build_then_info(tmp_path, capsys):
@@ -222,8 +252,9 @@ def test_densify_adds_training_places_away_from_the_test_split(built, tmp_path, 
     assert all(d.text.strip() and d.text != r.text for d, r in zip(direct, contents.records))
     buffer = SETTINGS.buffer_m
     for city in ("Helsinki", "Kouvola"):
-        test_xy = dense.test_places(out, city)
-        assert len(test_xy)
+        test_xy = dense.test_places(out, city)  # both benchmarks' test places
+        names = [json.loads((out / "CVG-text" / v / "test.json").read_text()) for v in (city, f"{city}-25m")]
+        assert len(test_xy) == len({builder.location_id(n) for ann in names for n in ann})
         for path in (out / "facts" / f"{city}-dense").glob("*.json"):
             loc = json.loads(path.read_text(encoding="utf-8"))["location"]
             assert min(((x - loc["x"]) ** 2 + (y - loc["y"]) ** 2) ** 0.5 for x, y in test_xy) >= buffer

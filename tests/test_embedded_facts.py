@@ -9,7 +9,8 @@ import pytest
 from shapely.geometry import LineString, Point, box
 
 from geotextloc.data.embedded import facts as F
-from geotextloc.data.embedded import sampling
+from geotextloc.data.embedded import places, sampling
+from geotextloc.data.embedded.builder import BuildSettings
 from geotextloc.data.embedded.osm import building_height, load_region
 from geotextloc.data.embedded.scene import POI, Area, Building, Location, Region, Road
 from geotextloc.errors import DataError
@@ -98,17 +99,21 @@ def test_sampling_spacing_heading_and_ids():
     assert locs == sampling.sample_locations(region, spacing=25.0)
 
 
-def test_spatial_split_has_a_quarter_in_test_and_a_buffer():
+def test_split_has_a_quarter_in_test_and_a_buffer():
     region = Region("Grid", 60.0, 25.0)
     region.roads = [Road(f"w{i:03d}", LineString([(i * 50, 0), (i * 50, 1500)]), "residential") for i in range(31)]
-    locs = sampling.sample_locations(region, spacing=25.0)
-    split = sampling.spatial_split(locs, seed=3, buffer_m=60.0)
-    assert split == sampling.spatial_split(locs, seed=3, buffer_m=60.0)
-    test = [loc for loc in locs if split[loc.id] == "test"]
-    train = [loc for loc in locs if split[loc.id] == "train"]
+    settings = BuildSettings(seed=3, min_test_places=0)
+    plan = places.plan_region(region, settings)
+    assert plan.splits == places.plan_region(region, settings).splits
+    paper = plan.splits["Grid"]
+    test = [plan.places[i] for i, s in paper.items() if s == "test"]
+    train = [plan.places[i] for i, s in paper.items() if s == "train"]
     assert 0.2 <= len(test) / (len(test) + len(train)) <= 0.35
-    nearest = min(math.hypot(a.x - b.x, a.y - b.y) for a in train for b in test)
-    assert nearest >= 60.0  # no train tile overlaps a test tile
+    street_test = plan.locations("Grid-25m")
+    nearest = min(math.hypot(a.x - b.x, a.y - b.y) for a in train for b in test + street_test)
+    assert nearest >= 60.0  # no train tile overlaps a test tile of either benchmark
+    floor = places.plan_region(region, BuildSettings(seed=3, min_test_places=100)).splits["Grid"]
+    assert sum(s == "test" for s in floor.values()) >= 100  # small regions: at least min_test_places
 
 
 def test_building_height_is_tagged_or_deterministic():

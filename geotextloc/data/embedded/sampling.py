@@ -7,11 +7,13 @@ clockwise from north, along the way's drawing direction). A point closer than
 ``0.45 * spacing`` to an already kept point (dual carriageways, intersections of several
 ways) is dropped. Streets are visited in id order, so order and ids are deterministic:
 ``<prefix><6 digits>`` numbered from 0.
+
+:func:`thin` picks a Poisson-disk subset of such places (no two closer than a minimum
+separation); :mod:`~geotextloc.data.embedded.places` uses it for the released places.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 
@@ -115,50 +117,52 @@ def subsample(locations: list[Location], n: int | None) -> list[Location]:
     return [locations[i] for i in idx]
 
 
-TRAIN, TEST, EXCLUDED = "train", "test", "excluded"
+def thin(locations: list[Location], min_sep: float, fixed: list[Location] = ()) -> list[Location]:
+    """The largest subset we find with no two places closer than ``min_sep`` metres (and none
+    closer than that to a ``fixed`` place), in the order of ``locations``.
 
-
-def spatial_split(
-    locations: list[Location],
-    seed: int = 0,
-    test_fraction: float = 0.25,
-    block_m: float = 300.0,
-    buffer_m: float = 60.0,
-) -> dict[str, str]:
-    """Location id -> ``train`` | ``test`` | ``excluded``: spatial blocks with a buffer.
-
-    The rule that limits leakage between neighbouring train and test tiles:
-
-    1. the region is cut into square blocks of ``block_m`` metres (local x/y grid);
-    2. blocks are shuffled by SHA-256 of ``(seed, region, block)`` and taken into the test
-       split one by one until it holds at least ``test_fraction`` of the released locations;
-    3. a train location closer than ``buffer_m`` to any test location is *excluded* (not
-       released). With ``buffer_m`` = the tile footprint (60 m), no satellite/OSM tile of the
-       train split shares a pixel with a tile of the test split. Drone footprints (80-180 m)
-       and panoramas see further, so some far context is still shared near block borders.
+    A Poisson-disk subset of the street places: greedily keep the place with the fewest
+    remaining neighbours within ``min_sep`` (ties: the first in ``locations``), then drop its
+    neighbours. On the street networks of the built-in regions this keeps about a quarter more
+    places than walking the streets in order and keeping a point when no kept point is near.
     """
-    if not locations:
-        return {}
-    blocks: dict[tuple[int, int], list[Location]] = {}
-    for loc in locations:
-        blocks.setdefault((math.floor(loc.x / block_m), math.floor(loc.y / block_m)), []).append(loc)
+    if min_sep <= 0:
+        raise ValueError("min_sep must be positive")
+    xy = np.array([(loc.x, loc.y) for loc in locations], dtype=float).reshape(-1, 2)
+    grid: dict[tuple[int, int], list[int]] = {}
+    for i, (x, y) in enumerate(xy):
+        grid.setdefault((math.floor(x / min_sep), math.floor(y / min_sep)), []).append(i)
 
-    def key(b: tuple[int, int]) -> bytes:
-        return hashlib.sha256(f"{seed}:{locations[0].region}:{b[0]}:{b[1]}".encode()).digest()
+    def near(x: float, y: float) -> list[int]:
+        gx, gy = math.floor(x / min_sep), math.floor(y / min_sep)
+        cand = np.array([j for i in (-1, 0, 1) for k in (-1, 0, 1) for j in grid.get((gx + i, gy + k), ())], int)
+        return cand[np.hypot(xy[cand, 0] - x, xy[cand, 1] - y) < min_sep].tolist() if len(cand) else []
 
-    xy = np.array([(loc.x, loc.y) for loc in locations])
-    index = {loc.id: i for i, loc in enumerate(locations)}
-    in_test = np.zeros(len(locations), bool)
-    nearest_test = np.full(len(locations), np.inf)
-    for b in sorted(blocks, key=key):
-        released = np.count_nonzero(in_test | (nearest_test >= buffer_m))
-        if in_test.any() and in_test.sum() >= test_fraction * released:
-            break
-        for loc in blocks[b]:
-            i = index[loc.id]
-            in_test[i] = True
-            nearest_test = np.minimum(nearest_test, np.hypot(*(xy - xy[i]).T))
-    split = {}
-    for loc, t, d in zip(locations, in_test, nearest_test):
-        split[loc.id] = TEST if t else EXCLUDED if d < buffer_m else TRAIN
-    return split
+    neighbours = [near(x, y) for x, y in xy]  # each place is its own neighbour
+    alive = np.ones(len(xy), bool)
+    for loc in fixed:
+        alive[near(loc.x, loc.y)] = False
+    degree = np.array([int(alive[nb].sum()) for nb in neighbours])
+    kept = []
+    while alive.any():
+        i = int(np.argmin(np.where(alive, degree, np.iinfo(np.int64).max)))
+        kept.append(i)
+        for j in neighbours[i]:
+            if alive[j]:
+                alive[j] = False
+                degree[neighbours[j]] -= 1
+    return [locations[i] for i in sorted(kept)]
+
+
+def nearest_distances(xy: np.ndarray, to: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """For each row of ``xy`` (n, 2), the distance in metres to the nearest row of ``to`` (inf if none)."""
+    xy, to = np.asarray(xy, float).reshape(-1, 2), np.asarray(to, float).reshape(-1, 2)
+    out = np.full(len(xy), np.inf)
+    if len(to):
+        for s in range(0, len(xy), chunk):
+            d = np.hypot(xy[s:s + chunk, None, 0] - to[None, :, 0], xy[s:s + chunk, None, 1] - to[None, :, 1])
+            out[s:s + chunk] = d.min(axis=1)
+    return out
+
+
+TRAIN, TEST, EXCLUDED = "train", "test", "excluded"  # splits (places.plan_region); excluded: near the test area
