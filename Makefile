@@ -35,18 +35,18 @@ $(SMOKE_DATA)/.complete: $(STAMP)
 	touch $@
 data-smoke: $(SMOKE_DATA)/.complete
 
-# The tiny model in two stages (notebook 02): pre-train at 77 text positions, then extend to 300 (EPE)
-# and fine-tune. The run folders are those of the experiment grid (geotextloc experiments, notebooks
-# 02-04), and --resume continues an interrupted run or skips a finished one.
+# The tiny model (notebook 02): the pretrained towers (MiniLM text, ImageNet MobileNetV2 image, from the
+# PyPI wheels of requirements-towers.txt), locked but for the image tower's last stages, EPE to 300 text
+# positions. The run folder is that of the experiment grid (geotextloc experiments, notebooks 02-04), and
+# --resume continues an interrupted run or skips a finished one.
+TINY_RUN := runs/tiny/osm/interpolate-full/seed0
 train: data
-	$(GTL) train --config configs/tiny/crosstext2loc_pretrain.yaml --resume data_root=$(DATA) \
-		out_dir=runs/tiny/osm/pretrain/seed0
-	$(GTL) train --config configs/tiny/crosstext2loc.yaml --resume data_root=$(DATA) \
-		pretrained=runs/tiny/osm/pretrain/seed0/last.pt out_dir=runs/tiny/osm/interpolate-full/seed0
+	$(GTL) train --config configs/tiny/crosstext2loc.yaml --resume data_root=$(DATA) out_dir=$(TINY_RUN)
 
 evaluate: train
-	$(GTL) evaluate --checkpoint runs/tiny/osm/interpolate-full/seed0/best.pt --data $(DATA) --city Helsinki --view osm --out reports/demo
-	$(GTL) evaluate --checkpoint runs/tiny/osm/interpolate-full/seed0/best.pt --data $(DATA) --city Kouvola --view osm --out reports/demo
+	for city in Helsinki Kouvola Monaco; do \
+		$(GTL) evaluate --checkpoint $(TINY_RUN)/best.pt --data $(DATA) --city $$city --view osm --out reports/demo || exit 1; \
+	done
 
 # Main job: install, build the embedded data, train the tiny model, evaluate, execute the quickstart.
 demo: evaluate

@@ -1,7 +1,8 @@
 """Experiment profiles: plain YAML files under ``configs/<profile>/<name>.yaml``.
 
-Profiles: ``smoke`` (seconds; what CI runs), ``tiny`` (CPU minutes on the embedded data;
-the numbers in ``reports/``) and ``paper`` (GPU, the papers' settings). A config is a flat
+Profiles: ``smoke`` (seconds; what CI runs), ``tiny`` (CPU minutes on the embedded data with
+the pretrained towers: the numbers in ``reports/``), ``scratch`` (the random-init tiny model in
+two stages, for comparison) and ``paper`` (GPU, the papers' settings). A config is a flat
 mapping of plain values; ``key=value`` overrides are parsed as YAML scalars.
 """
 
@@ -15,7 +16,7 @@ import yaml
 
 from geotextloc.errors import ConfigError
 
-PROFILES = ("smoke", "tiny", "paper")
+PROFILES = ("smoke", "tiny", "scratch", "paper")
 
 
 def configs_dir() -> Path:

@@ -38,13 +38,16 @@ def tiny(out_dir, **overrides):
     return from_dict(values | overrides)
 
 
-@pytest.mark.parametrize("profile", ["smoke", "tiny", "paper"])
+@pytest.mark.parametrize("profile", ["smoke", "tiny", "scratch", "paper"])
 def test_profiles_load_with_typed_overrides(profile):
     cfg = load_config(CONFIGS / profile / "crosstext2loc.yaml", ["epochs=3", "lr=3e-4", "view=osm"])
     assert (cfg.epochs, cfg.lr, cfg.view) == (3, 3e-4, "osm")
     if profile == "paper":  # the paper's settings
         assert (cfg.model, cfg.pretrained, cfg.context_length, cfg.batch_size) == ("ViT-L-14-336", "openai", 300, 128)
         assert load_config(CONFIGS / "paper" / "crosstext2loc.yaml").lr == 1e-5
+    if profile == "tiny":  # the pretrained towers, locked and cached, selected on validation
+        assert (cfg.model, cfg.pretrained, cfg.cache_features) == ("geotextloc-minilm-mnv2", "wheels", True)
+        assert cfg.val_share > 0
 
 
 def test_bad_configs_name_the_source(tmp_path):
