@@ -30,13 +30,16 @@ TEST_SETTINGS = {"versions": ["Synth"], "image_size": 32, "batch_size": 8, "epoc
 
 @pytest.fixture()
 def configs(tmp_path, monkeypatch):
-    """A configs/ folder whose smoke profile trains on the synthetic release in seconds."""
-    folder = tmp_path / "configs" / "smoke"
+    """A configs/ folder whose scratch profile (two stages, random-init tiny model) trains on the
+    synthetic release in seconds, and whose smoke profile (one stage, pretrained towers) is the real one."""
+    folder = tmp_path / "configs" / "scratch"
     folder.mkdir(parents=True)
     for name in ("crosstext2loc", "crosstext2loc_pretrain"):
-        values = yaml.safe_load((CONFIGS / "smoke" / f"{name}.yaml").read_text()) | TEST_SETTINGS
+        values = yaml.safe_load((CONFIGS / "scratch" / f"{name}.yaml").read_text()) | TEST_SETTINGS
         values["context_length"] = 77 if name.endswith("pretrain") else 96
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    (tmp_path / "configs" / "smoke").mkdir()
+    (tmp_path / "configs" / "smoke" / "crosstext2loc.yaml").write_text((CONFIGS / "smoke" / "crosstext2loc.yaml").read_text())
     monkeypatch.setenv("GEOTEXTLOC_CONFIGS", str(tmp_path / "configs"))
     return folder
 
@@ -53,35 +56,44 @@ def release(tmp_path_factory):
 
 
 def test_plan_runs_stage_one_first_and_shares_it_across_seeds(configs):
-    specs = ex.plan("smoke", ["osm"], ["truncate", "interpolate"], [0, 1], pretrain_seed=0)
+    specs = ex.plan("scratch", ["osm"], ["truncate", "interpolate"], [0, 1], pretrain_seed=0)
     assert [s.key for s in specs] == ["osm/pretrain/seed0", "osm/truncate-full/seed0", "osm/interpolate-full/seed0",
                                       "osm/truncate-full/seed1", "osm/interpolate-full/seed1"]
-    per_seed = ex.plan("smoke", ["osm"], ["interpolate"], [0, 1])
+    per_seed = ex.plan("scratch", ["osm"], ["interpolate"], [0, 1])
     assert [s.key for s in per_seed if s.stage == ex.PRETRAIN] == ["osm/pretrain/seed0", "osm/pretrain/seed1"]
-    scratch = ex.plan("smoke", ["sat"], ["interpolate"], [2], stage=ex.SCRATCH, cities=["Helsinki"])
+    scratch = ex.plan("scratch", ["sat"], ["interpolate"], [2], stage=ex.SCRATCH, cities=["Helsinki"])
     assert [s.key for s in scratch] == ["Helsinki-sat/interpolate-full-scratch/seed2"]
     with pytest.raises(ConfigError, match="text source 'gpt'"):
-        ex.plan("smoke", ["osm"], ["interpolate"], [0], ["gpt"])
+        ex.plan("scratch", ["osm"], ["interpolate"], [0], ["gpt"])
+
+
+def test_a_profile_without_stage_one_plans_one_stage_runs_from_its_pretrained_weights(configs, tmp_path):
+    assert not ex.has_pretrain_stage("smoke") and ex.has_pretrain_stage("scratch")
+    specs = ex.plan("smoke", ["osm"], ["truncate", "native"], [0, 1], pretrain_seed=None)
+    assert [s.key for s in specs] == ["osm/truncate-full/seed0", "osm/native-full/seed0",
+                                      "osm/truncate-full/seed1", "osm/native-full/seed1"]
+    cfg = ex.run_config(specs[1], "smoke", tmp_path / "runs", "data")
+    assert (cfg.pretrained, cfg.epe, cfg.out_dir) == ("wheels", "native", str(tmp_path / "runs/osm/native-full/seed0"))
 
 
 def test_stage_configs_chain_and_take_stage_overrides(configs, tmp_path):
     runs = tmp_path / "runs"
     first = configs / "crosstext2loc_pretrain.yaml"
-    first.write_text(first.read_text() + "text_pos_init: sinusoidal\n")
+    first.write_text(yaml.safe_dump(yaml.safe_load(first.read_text()) | {"text_pos_init": "sinusoidal"}))
     spec = ex.RunSpec("osm", seed=1, epe="kps", pretrain_seed=0)
     over = {"pretrain.epochs": 3, "lr": 1e-3}
-    stage2 = ex.run_config(spec, "smoke", runs, "data", over)
+    stage2 = ex.run_config(spec, "scratch", runs, "data", over)
     assert stage2.pretrained == str(runs / "osm/pretrain/seed0/last.pt")
     assert (stage2.epe, stage2.context_length, stage2.seed, stage2.epochs, stage2.lr) == ("kps", 96, 1, 1, 1e-3)
     assert stage2.out_dir == str(runs / "osm/kps-full/seed1") and stage2.data_root == "data"
-    stage1 = ex.run_config(ex.pretrain_of(spec), "smoke", runs, "data", over)
+    stage1 = ex.run_config(ex.pretrain_of(spec), "scratch", runs, "data", over)
     assert (stage1.epe, stage1.context_length, stage1.seed, stage1.epochs, stage1.pretrained) == ("truncate", 77, 0, 3, None)
-    scratch = ex.run_config(ex.RunSpec("osm", 0, "interpolate", stage=ex.SCRATCH), "smoke", runs)
+    scratch = ex.run_config(ex.RunSpec("osm", 0, "interpolate", stage=ex.SCRATCH), "scratch", runs)
     assert (scratch.pretrained, scratch.epochs, scratch.context_length) == (None, 2, 96)
     # random-init runs share stage 1's positional init; stage 2 loads stage 1's table instead
     assert (stage1.text_pos_init, scratch.text_pos_init, stage2.text_pos_init) == ("sinusoidal", "sinusoidal", "normal")
     with pytest.raises(ConfigError, match="prefix a stage-only key"):
-        ex.run_config(spec, "smoke", runs, overrides={"stage1.epochs": 2})
+        ex.run_config(spec, "scratch", runs, overrides={"stage1.epochs": 2})
 
 
 def test_city_runs_keep_their_citys_dense_versions_in_stage_one_only(configs, tmp_path):
@@ -89,8 +101,8 @@ def test_city_runs_keep_their_citys_dense_versions_in_stage_one_only(configs, tm
     values = yaml.safe_load(first.read_text()) | {"versions": ["A-mixed", "B-mixed", "A-dense", "B-dense"]}
     first.write_text(yaml.safe_dump(values))
     spec = ex.RunSpec("osm", 0, "interpolate", city="A")
-    assert ex.run_config(ex.pretrain_of(spec), "smoke", tmp_path).versions == ["A-mixed", "A-dense"]
-    assert ex.run_config(spec, "smoke", tmp_path).versions == ["A-mixed"]
+    assert ex.run_config(ex.pretrain_of(spec), "scratch", tmp_path).versions == ["A-mixed", "A-dense"]
+    assert ex.run_config(spec, "scratch", tmp_path).versions == ["A-mixed"]
 
 
 def _record(name, city="C", view="panorama"):
@@ -122,7 +134,7 @@ def test_direct_text_source_replaces_every_description(release, tmp_path):
 @pytest.mark.slow
 def test_grid_trains_evaluates_skips_finished_runs_and_resumes_stopped_ones(configs, release, tmp_path, capsys):
     runs = tmp_path / "runs"
-    argv = ["experiments", "--profile", "smoke", "--data-dir", str(release), "--runs-dir", str(runs),
+    argv = ["experiments", "--profile", "scratch", "--data-dir", str(release), "--runs-dir", str(runs),
             "--views", "osm", "--variants", "truncate,interpolate", "--seeds", "0", "--threads", "1"]
     assert main(argv) == 0
     table = ex.collect(runs)
@@ -140,15 +152,26 @@ def test_grid_trains_evaluates_skips_finished_runs_and_resumes_stopped_ones(conf
     assert "osm/interpolate-full/seed0: done" in capsys.readouterr().out
 
     spec = ex.RunSpec("osm", 0, "interpolate", "direct")
-    first = ex.run_one(spec, "smoke", runs, release, {"finetune.epochs": 2, "finetune.stop_after_epoch": 1})
+    first = ex.run_one(spec, "scratch", runs, release, {"finetune.epochs": 2, "finetune.stop_after_epoch": 1})
     assert first["summary"]["epoch"] == 1 and not (runs / spec.key / "done.json").exists()
-    second = ex.run_one(spec, "smoke", runs, release, {"finetune.epochs": 2})  # resumes epoch 2
+    second = ex.run_one(spec, "scratch", runs, release, {"finetune.epochs": 2})  # resumes epoch 2
     assert second["summary"]["epoch"] == 2 and (runs / spec.key / "done.json").exists()
     epochs = [json.loads(line)["epoch"] for line in (runs / spec.key / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "eval"]
     assert epochs == [0, 1]
     queries = (runs / spec.key / "eval" / "Synth-osm-queries.csv").read_text()
     assert "A street with some buildings" in queries and "building, and on the right" not in queries
+
+
+@pytest.mark.slow
+def test_a_run_stopped_early_by_patience_is_finished_and_evaluated(configs, release, tmp_path):
+    runs = tmp_path / "runs"
+    spec = ex.RunSpec("osm", 0, "truncate", stage=ex.SCRATCH)
+    stall = {"epochs": 4, "lr": 1e-12, "patience": 1}  # lr ~0: the validation score cannot improve
+    record = ex.run_one(spec, "scratch", runs, release, stall)
+    assert record["summary"]["epoch"] == 2 and ex.stopped_early(runs / spec.key)
+    assert (runs / spec.key / "done.json").exists() and set(record["eval"]["results"]) >= {"Synth/overall"}
+    assert set(ex.collect(runs).run) == {spec.key}
 
 
 def test_a_run_is_trained_by_one_process_at_a_time(tmp_path):

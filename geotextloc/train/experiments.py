@@ -1,8 +1,10 @@
 """Experiment grids: CrossText2Loc runs over (view, EPE variant, text source, seed), resumable.
 
 The paper fine-tunes a *pre-trained* CLIP (77 text positions) after extending its
-positional table to N = 300 (EPE). Offline we have no CLIP weights, so the tiny profile
-reproduces that situation in two stages:
+positional table to N = 300 (EPE). A profile without a pretrain file trains each run in one
+stage from its config's pretrained weights: ``tiny`` and ``smoke`` start from the pretrained
+towers (MiniLM text cut to 77 positions, MobileNetV2 image), ``paper`` from CLIP ViT-L/14@336
+with the OpenAI weights. The ``scratch`` profile (a random-init model) has two stages instead:
 
 - **stage 1, pretrain** (``configs/<profile>/crosstext2loc_pretrain.yaml``): train the
   random-init tiny model at L0 = 77 positions (``epe: truncate``);
@@ -11,19 +13,19 @@ reproduces that situation in two stages:
   77 positions, ``interpolate`` / ``kps`` / ``random`` extend the table to N.
 
 ``pretrain_seed`` shares one stage-1 run among all seeds (as every run of the paper starts
-from the same CLIP); without it each seed has its own. A profile without a pretrain file
-(``paper``: CLIP ViT-L/14@336 with the OpenAI weights) has no stage 1; ``scratch`` runs train
-the variant in one stage from random init, for comparison. The text source ``direct``
+from the same CLIP); without it each seed has its own. ``scratch`` *runs* (stage ``scratch``)
+train the variant in one stage from random init, for comparison. The text source ``direct``
 replaces every description (train and test) by the builder's "direct generation" text
 (``<root>/direct/<version>/<split>.json``, same keys).
 
 Runs live in ``<runs_dir>/<view>/pretrain/seed<s>`` and ``<runs_dir>/<view>/<epe>-<source>/seed<s>``
 (``<city>-<view>/...`` for per-city runs). A run is skipped when its ``done.json`` exists
-(trained and evaluated), resumed from ``last.pt`` when interrupted, started otherwise. Then
-its best checkpoint is evaluated per city and query group (:func:`evaluate_run`), and
-:func:`collect` gathers every finished run into one DataFrame.
+(trained, or stopped early by ``patience``, and evaluated), resumed from ``last.pt`` when
+interrupted, started otherwise. Then its best checkpoint is evaluated per city and query group
+(:func:`evaluate_run`), and :func:`collect` gathers every finished run into one DataFrame.
 
-    geotextloc experiments --profile tiny --pretrain-seed 0 --views osm --variants truncate,interpolate --seeds 0,1,2
+    geotextloc experiments --profile tiny --views osm --variants truncate,interpolate --seeds 0,1,2
+    geotextloc experiments --profile scratch --pretrain-seed 0 --views osm --variants truncate,interpolate --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -347,7 +349,7 @@ def _train_and_evaluate(spec: RunSpec, cfg, profile: str, evaluate: bool) -> dic
     atomic_write_text(timing, json.dumps({"train_seconds": previous + seconds}))
     record = {"run": spec.key, **dataclasses.asdict(spec), "profile": profile, "config": cfg.to_dict(),
               "summary": summary, "train_seconds": round(previous + seconds, 1)}
-    if summary["epoch"] < cfg.epochs:  # stopped early (stop_after_epoch): resumed next time
+    if summary["epoch"] < cfg.epochs and not stopped_early(out):  # stop_after_epoch: resumed next time
         return record
     if evaluate:
         started = time.time()
@@ -355,6 +357,15 @@ def _train_and_evaluate(spec: RunSpec, cfg, profile: str, evaluate: bool) -> dic
         record["eval_seconds"] = round(time.time() - started, 1)
     atomic_write_text(out / "done.json", json.dumps(record, indent=2))
     return record
+
+
+def stopped_early(run_dir: str | Path) -> bool:
+    """Did the run end by early stopping (a ``{"kind": "early_stop"}`` row in its ``metrics.jsonl``)?
+
+    Such a run is finished although it trained fewer than ``epochs`` epochs."""
+    metrics = Path(run_dir) / "metrics.jsonl"
+    return metrics.exists() and any(json.loads(line)["kind"] == "early_stop"
+                                    for line in metrics.read_text().splitlines())
 
 
 def _device(device: str) -> str:
@@ -442,19 +453,26 @@ def format_mean_std(stats: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
 
 
 def loss_and_recall_curves(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, eval rows) of a run's ``metrics.jsonl``; eval rows hold the panorama R@1/5/10."""
+    """(train rows, eval rows) of a run's ``metrics.jsonl``.
+
+    Eval rows (``epoch`` counted from 1) hold the selection split's R@1/5/10 and L@50, the split
+    (``val``: carved from the training places; ``test``: runs without ``val_share``) and its score.
+    """
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     train = pd.DataFrame([r for r in rows if r["kind"] == "train"])
-    evals = pd.DataFrame([{"epoch": r["epoch"] + 1, "step": r["step"],
+    evals = pd.DataFrame([{"epoch": r["epoch"] + 1, "step": r["step"], "split": r.get("split", "test"),
+                           "score": r.get("score", r["overall"]["R@1"]),
                            **{k: r["overall"][k] for k in ("R@1", "R@5", "R@10", "L@50")}}
-                          for r in rows if r["kind"] == "eval"])
+                          for r in rows if r["kind"] == "eval"],
+                         columns=["epoch", "step", "split", "score", "R@1", "R@5", "R@10", "L@50"])
     return train, evals
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "experiments", help="run a CrossText2Loc grid (views x EPE variants x text sources x seeds), resumable",
-        description="Stage-1 runs first, then stage 2; finished runs are skipped, interrupted ones resumed. "
+        description="Stage-1 runs first where the profile has a stage 1 (scratch), then the variants; "
+                    "finished runs are skipped, interrupted ones resumed. "
                     "Writes <runs-dir>/results.csv (one row per run, city and query group).")
     p.add_argument("--profile", default="tiny", choices=profiles.PROFILES)
     p.add_argument("--data-dir", help="release root (default: the profile's data_root)")
