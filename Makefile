@@ -20,20 +20,20 @@ $(STAMP): pyproject.toml requirements-towers.txt
 	touch $@
 
 # The embedded default dataset, built once (the builder resumes and skips finished locations).
-$(DATA)/.complete: $(STAMP)
+$(DATA)/.built-v4: $(STAMP)
 	$(GTL) data build-embedded --out $(DATA) --workers $(WORKERS)
 	touch $@
 # Its dense training-only places (<City>-dense), which stage 1 of the tiny model reads (about 2 min).
-$(DATA)/.dense: $(DATA)/.complete
+$(DATA)/.dense-v4: $(DATA)/.built-v4
 	$(GTL) data densify --out $(DATA) --workers $(WORKERS)
 	touch $@
-data: $(DATA)/.dense
+data: $(DATA)/.dense-v4
 
-$(SMOKE_DATA)/.complete: $(STAMP)
+$(SMOKE_DATA)/.built-v4: $(STAMP)
 	$(GTL) data build-embedded --out $(SMOKE_DATA) --max-locations 48 --size 128 --pano-width 256 --workers $(WORKERS)
 	$(GTL) data densify --out $(SMOKE_DATA) --max-places 24 --workers $(WORKERS)
 	touch $@
-data-smoke: $(SMOKE_DATA)/.complete
+data-smoke: $(SMOKE_DATA)/.built-v4
 
 # The tiny model (notebook 02): the pretrained towers (MiniLM text, ImageNet MobileNetV2 image, from the
 # PyPI wheels of requirements-towers.txt), locked but for the image tower's last stages, EPE to 300 text

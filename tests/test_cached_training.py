@@ -116,3 +116,30 @@ def test_early_stopping_ends_a_run_whose_validation_score_stalls_and_survives_re
     assert summary["epoch"] == 3 and rows[-1]["kind"] == "early_stop"
     again = train(towers(tmp_path, epochs=8, lr=1e-9, patience=2, resume=True), train_records, test_records)
     assert again["epoch"] == 3
+
+
+def test_memoised_evaluation_features_equal_the_models_own_and_follow_its_weights(release):
+    from geotextloc.models import factory
+    from geotextloc.train import cached, retrieval
+    from geotextloc.train.data import image_paths
+
+    train_records, test_records = release
+    model, _, preprocess, tokenizer = factory.create("geotextloc-minilm-mnv2", "wheels", 128, "interpolate",
+                                                     image_size=64)
+    model.eval()
+    paths, texts = image_paths(test_records, "sat"), [r.text for r in test_records]
+    images = retrieval.embed_images(model, paths, preprocess, batch_size=3, progress=False)
+    queries = retrieval.embed_texts(model, texts, tokenizer, batch_size=3, progress=False)
+    with torch.no_grad():
+        from geotextloc.train.data import load_image
+
+        direct = model.encode_image(torch.stack([preprocess(load_image(p)) for p in paths]), normalize=True)
+        direct_text = model.encode_text(tokenizer(texts), normalize=True)
+    torch.testing.assert_close(images, direct, atol=2e-3, rtol=0)  # the stem maps are kept in float16
+    torch.testing.assert_close(queries, direct_text, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # a fine-tuned stem must not reuse the memo
+        model.visual.trunk.conv_stem.weight.mul_(0.5)
+        direct = model.encode_image(torch.stack([preprocess(load_image(p)) for p in paths]), normalize=True)
+    torch.testing.assert_close(retrieval.embed_images(model, paths, preprocess, progress=False), direct,
+                               atol=2e-3, rtol=0)
+    assert cached.towers_model(model) and not cached.towers_model(factory.create("geotextloc-tiny")[0])

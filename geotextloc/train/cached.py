@@ -181,3 +181,70 @@ def _by_length(model: nn.Module, tokens: torch.Tensor, batch_size: int, dtype, p
     out = torch.empty_like(pooled)
     out[order] = pooled
     return out
+
+
+# ----------------------------------------------------------------------------- evaluation
+# Every run of a grid shares the locked parts, so evaluation memoises them per process: the
+# image stem's feature maps per tile and the text tower's pooled output per text, keyed by a
+# fingerprint of the weights that made them (a fine-tuned stem or tower gets its own entries).
+EVAL_STEM_STAGES = 5  # the stages the tiny profile locks (train_last_k: 2 of 7)
+_MEMO: dict = {}
+MEMO_LIMIT = 200_000  # entries; the memo is cleared beyond this
+
+
+def towers_model(model: nn.Module) -> bool:
+    try:
+        _trunk(model)
+        return True
+    except ConfigError:
+        return False
+
+
+def _fingerprint(modules) -> str:
+    values = [t.detach().double().sum().item() for m in modules for t in [*m.parameters(), *m.buffers()]]
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
+
+
+def _memoised(keys: list, compute) -> list:
+    missing = [i for i, key in enumerate(keys) if key not in _MEMO]
+    if missing:
+        if len(_MEMO) + len(missing) > MEMO_LIMIT:
+            _MEMO.clear()
+            missing = list(range(len(keys)))
+        for i, value in zip(missing, compute(missing)):
+            _MEMO[keys[i]] = value
+    return [_MEMO[key] for key in keys]
+
+
+@torch.no_grad()
+def embed_images(model: nn.Module, paths: list[Path], transform, batch_size: int = 64,
+                 progress: bool = True) -> torch.Tensor:
+    """L2-normalised image features = tail(memoised stem(tile)), equal to ``encode_image``."""
+    trunk = _trunk(model)
+    stem = [trunk.conv_stem, trunk.bn1, *trunk.blocks[:EVAL_STEM_STAGES]]
+    tag = ("image", _fingerprint(stem), repr(transform))
+    keys = [(*tag, str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in map(Path, paths)]
+
+    def compute(missing):
+        todo = [Path(paths[i]) for i in missing]
+        maps = _encode(lambda b: image_stem(model, b, EVAL_STEM_STAGES), tiles(todo, transform, batch_size),
+                       "embed gallery", None, progress, total=-(-len(todo) // batch_size))
+        return list(maps.half())
+
+    maps = torch.stack(_memoised(keys, compute))
+    out = [image_tail(model, chunk.float(), EVAL_STEM_STAGES) for chunk in maps.split(batch_size)]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def embed_texts(model: nn.Module, texts, tokenizer, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """L2-normalised text features = proj(memoised pooled text), equal to ``encode_text``."""
+    tag = ("text", _fingerprint([model.text.transformer]), model.text.context_length)
+    keys = [(*tag, text) for text in texts]
+
+    def compute(missing):
+        tokens = tokenizer([texts[i] for i in missing])
+        return list(_by_length(model, tokens, batch_size, None, progress))
+
+    pooled = torch.stack(_memoised(keys, compute))
+    return F.normalize(model.text.proj(pooled), dim=-1)

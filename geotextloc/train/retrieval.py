@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from geotextloc.eval import ProtocolReport, evaluate
+from geotextloc.train import cached
 from geotextloc.train.data import Images, image_paths
 
 
@@ -26,6 +27,8 @@ def _autocast(device: torch.device):
 def embed_images(model, paths, transform, batch_size=64, num_workers=0, progress=True) -> torch.Tensor:
     """(N, D) float32 L2-normalised image features, on the CPU."""
     device = next(model.parameters()).device
+    if device.type == "cpu" and cached.towers_model(model):  # locked parts memoised across runs
+        return cached.embed_images(model, list(paths), transform, batch_size, progress)
     loader = DataLoader(Images(paths, transform), batch_size=batch_size, num_workers=num_workers)
     out = []
     for images in tqdm(loader, desc="embed gallery", disable=not progress, leave=False):
@@ -38,6 +41,8 @@ def embed_images(model, paths, transform, batch_size=64, num_workers=0, progress
 def embed_texts(model, texts: Sequence[str], tokenizer, batch_size=64, progress=True) -> torch.Tensor:
     """(N, D) float32 L2-normalised text features, on the CPU."""
     device = next(model.parameters()).device
+    if device.type == "cpu" and cached.towers_model(model):
+        return cached.embed_texts(model, list(texts), tokenizer, batch_size, progress)
     out = []
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="embed queries", disable=not progress, leave=False):
