@@ -253,15 +253,16 @@ def evaluate_records(model, preprocess, tokenizer, test: Sequence, view: str, sc
 
 
 def evaluate_run(run_dir: str | Path, test: Sequence, view: str, batch_size: int = 64,
-                 device: str = "cpu") -> dict:
-    """:func:`evaluate_records` for ``run_dir``'s best checkpoint (else its last)."""
+                 device: str = "cpu", csv_dir: str | Path | None = None) -> dict:
+    """:func:`evaluate_records` for ``run_dir``'s best checkpoint (else its last); the per-query
+    tables go to ``csv_dir`` (default ``run_dir/eval``, the run's own test split)."""
     from geotextloc.models.factory import from_checkpoint
 
     run_dir = Path(run_dir)
     checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
     model, _, preprocess, tokenizer, _ = from_checkpoint(str(checkpoint), device=device)
     results = evaluate_records(model, preprocess, tokenizer, test, view, batch_size=batch_size,
-                               csv_dir=run_dir / "eval")
+                               csv_dir=run_dir / "eval" if csv_dir is None else csv_dir)
     return {"checkpoint": checkpoint.name, "results": results}
 
 
