@@ -17,6 +17,14 @@ from geotextloc.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# Files later notebooks, RESULTS and readers rely on, per notebook (in the report folder).
+WRITES = {
+    "02_train_crosstext2loc": ["02_train_osm_interpolate_metrics.json", "figures/02_curves_osm_interpolate.png"],
+    "03_evaluate_per_city": ["03_table1_R1.csv", "03_metrics_mean_std.csv", "03_runs.csv", "03_metrics.json",
+                             "03_street_level.csv", "figures/03_per_city.png", "figures/03_street_level.png"],
+    "04_ablation_epe": ["04_epe_ablation.csv", "04_epe_paired_difference.csv", "04_epe_sign_test.csv",
+                        "04_text_source_ablation.csv", "figures/04_positional_tables.png"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +67,13 @@ def test_notebook_runs_in_smoke_profile(notebook, smoke_data, tmp_path):
     assert not errors
     prov = json.loads((tmp_path / f"{notebook.stem}.provenance.json").read_text())
     assert prov["parameters"]["profile"] == "smoke"
+    missing = [name for name in WRITES.get(notebook.stem, []) if not (tmp_path / name).is_file()]
+    assert not missing, f"{notebook.name} did not write {missing}"
+    if notebook.stem == "03_evaluate_per_city":  # Table 1 carries its reference rows
+        models = (tmp_path / "03_table1_R1.csv").read_text()
+        assert "\nchance," in models and "\nmap labels," in models
+    if notebook.stem == "04_ablation_epe":  # every variant against truncate, seeds pooled
+        sign = (tmp_path / "04_epe_sign_test.csv").read_text()
+        assert sign.splitlines()[0] == ("variant,queries,metric,n,variant (%),truncate (%),difference,"
+                                        "variant better,truncate better,p (sign test)")
+        assert all(f"\n{v},all queries,R@1," in sign for v in ("interpolate", "kps", "random", "native"))
