@@ -123,3 +123,22 @@ def test_figures_show_words_candidates_and_a_truth_outside_the_top5(tmp_path):
     assert len(inside.axes) == 1 + 2 * 5 and any("✓ ground truth" in t for t in
                                                  (ax.get_title() for ax in inside.axes))
     fig.savefig(tmp_path / "top5.png")
+
+
+def test_towers_model_gets_grad_cam_image_maps_and_token_maps_over_the_words():
+    from geotextloc.models import factory
+
+    torch.manual_seed(0)
+    model, _, _, tokenizer = factory.create("geotextloc-minilm-mnv2", "wheels", 128, "interpolate", image_size=128)
+    text = "a café called Ekberg on my left, a tram stop ahead"
+    tokens = tokenizer([text, "a park behind me"])
+    images = torch.rand(2, 3, 128, 128)
+    maps = relevance_maps(model, images, tokens)
+    assert maps.image.shape == (2, 128, 128) and maps.image_grid.shape == (2, 8, 8)
+    assert (maps.image >= 0).all() and maps.image.sum() > 0
+    used = (tokens != 0).sum(dim=1)
+    assert (maps.text[1, used[1]:] == 0).all() and maps.text[0, : used[0]].sum() > 0  # no relevance on padding
+    only_images = relevance_maps(model, images, tokens, text_map=False)
+    torch.testing.assert_close(only_images.image, maps.image)
+    words = word_relevance(text, tokens[0], maps.text[0], tokenizer)
+    assert [w for w, _ in words] == text.split() and all(r is not None for _, r in words)

@@ -13,6 +13,11 @@ pools (the end-of-text token: argmax of the ids for CLIP; the last/first/eos tok
 pool types) over all tokens. ``start_layer`` s defaults to the last block (-1), as the
 reference; 0 accumulates over all blocks. Works at any text context length (with EPE too).
 
+The pretrained-towers model (MobileNetV2 image tower, BERT text tower) has no image attention:
+its image map is Grad-CAM at the output of the image tower's fifth stage (1/16 of the input,
+16 x 16 cells at 256 px): relu(sum_c mean_hw(dy/dA_c) * A_c); its text map is gradient x
+input at the word embeddings: relu(sum_d dy/dE_td * E_td) per token (:func:`towers_relevance`).
+
 Attention probabilities exist only inside :func:`explain_mode`: it swaps each block's
 ``attention`` for a manual softmax(QK^T/sqrt(d) + mask) V that keeps A; outside it the blocks
 run ``nn.MultiheadAttention`` with ``need_weights=False`` (the fused fast path) untouched.
@@ -140,6 +145,8 @@ def relevance_maps(model: nn.Module, images: torch.Tensor, texts: torch.Tensor,
     only the text's features, a constant for it). That is the same image maps at a fraction
     of the cost when one text is paired with its k candidates.
     """
+    if getattr(getattr(model.visual, "trunk", None), "blocks", None) is not None:
+        return towers_relevance(model, images, texts, text_map)
     was_training = model.training
     model.eval()
     img_blocks, txt_blocks = image_blocks(model), text_blocks(model)
@@ -173,6 +180,86 @@ def relevance_maps(model: nn.Module, images: torch.Tensor, texts: torch.Tensor,
     return RelevanceMaps(image=image, image_grid=grid, text=text, score=score.detach())
 
 
+GRADCAM_STAGE = 4  # output of the fifth MobileNetV2 stage (96 channels, stride 16)
+
+
+def _keep(store: dict, key: str):
+    """Forward hook: store the output as a leaf that needs a gradient (locked towers too)."""
+    def hook(module, args, output):
+        output = output.detach().requires_grad_(True)
+        store[key] = output
+        return output
+    return hook
+
+
+def towers_relevance(model: nn.Module, images: torch.Tensor, texts: torch.Tensor,
+                     text_map: bool = True) -> RelevanceMaps:
+    """Grad-CAM image maps and gradient x input token maps of the pretrained-towers model."""
+    was_training = model.training
+    model.eval()
+    store: dict[str, torch.Tensor] = {}
+    hooks = [model.visual.trunk.blocks[GRADCAM_STAGE].register_forward_hook(_keep(store, "image"))]
+    if text_map:
+        embeddings = model.text.transformer.embeddings.word_embeddings
+        hooks.append(embeddings.register_forward_hook(_keep(store, "text")))
+    try:
+        with torch.enable_grad():
+            image_features = model.encode_image(images, normalize=True)
+            if text_map:
+                text_features = model.encode_text(texts, normalize=True)
+            else:
+                with torch.no_grad():
+                    text_features = model.encode_text(texts, normalize=True)
+            score = (image_features * text_features).sum(dim=-1)
+            leaves = [store["image"]] + ([store["text"]] if text_map else [])
+            grads = torch.autograd.grad(score.sum(), leaves)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    a, g = store["image"].detach(), grads[0]
+    grid = (g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1).clamp(min=0)  # (B, h, w)
+    image = F.interpolate(grid[:, None], size=images.shape[-2:], mode="bilinear",
+                          align_corners=False)[:, 0].clamp(min=0)
+    text = None
+    if text_map:
+        per_token = (grads[1] * store["text"].detach()).sum(dim=-1).clamp(min=0)  # (B, used length)
+        text = torch.zeros(texts.shape, dtype=per_token.dtype)
+        text[:, : per_token.shape[1]] = per_token
+    return RelevanceMaps(image=image, image_grid=grid, text=text, score=score.detach())
+
+
+def _wordpiece_relevance(text: str, tokens: torch.Tensor, relevance: torch.Tensor, tokenizer):
+    """word_relevance for a WordPiece (BERT) tokenizer: '##' pieces continue a word."""
+    import unicodedata
+
+    hf = tokenizer.tokenizer
+    special = set(hf.all_special_ids)
+
+    def fold(s: str) -> str:  # what the uncased tokenizer sees: lower case, no accents
+        return "".join(c for c in unicodedata.normalize("NFD", s.lower()) if unicodedata.category(c) != "Mn")
+
+    words, folded = [], fold(text)
+    spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", text)]
+    char_rel: list[float | None] = [None] * len(folded)
+    cursor = 0
+    for tok, rel in zip(tokens.tolist(), relevance.tolist()):
+        if tok in special:
+            continue
+        piece = hf.convert_ids_to_tokens(tok).removeprefix("##")
+        at = folded.find(piece, cursor)
+        if at >= 0 and piece:
+            for i in range(at, at + len(piece)):
+                char_rel[i] = rel if char_rel[i] is None else max(char_rel[i], rel)
+            cursor = at + len(piece)
+    if len(folded) == len(text):  # folding kept the length: map word spans directly
+        for start, end, word in spans:
+            vals = [r for r in char_rel[start:end] if r is not None]
+            words.append((word, max(vals) if vals else None))
+        return words
+    return [(word, None) for _, _, word in spans]
+
+
 def word_relevance(text: str, tokens: torch.Tensor, relevance: torch.Tensor,
                    tokenizer) -> list[tuple[str, float | None]]:
     """The words of ``text`` (split at whitespace, original spelling) with the largest
@@ -181,6 +268,8 @@ def word_relevance(text: str, tokens: torch.Tensor, relevance: torch.Tensor,
     Needs open_clip's ``SimpleTokenizer`` (CLIP BPE: tokens end a word with ``</w>``); the
     start/end-of-text and padding tokens are left out.
     """
+    if not hasattr(tokenizer, "sot_token_id"):  # a Hugging Face WordPiece tokenizer (towers model)
+        return _wordpiece_relevance(text, tokens, relevance, tokenizer)
     special = {tokenizer.sot_token_id, tokenizer.eot_token_id, 0}
     lower = text.lower()
     char_rel = [None] * len(text)
