@@ -66,7 +66,8 @@ class TrainConfig:
     #   train_last_k image stages, run the locked parts once over the training set (LiT; geotextloc.train.cached)
     feature_cache: str | None = None  # folder where those features are kept across runs (None: memory only)
     val_share: float = 0.0  # > 0: select best.pt on a validation split carved from the training places
-    #   (this share of the released training places; training records within a tile of them are dropped);
+    #   (this share of the released training places, the same for every seed; training records within a
+    #   tile of them are dropped);
     #   0: select on the test split (the paper's rule)
     num_workers: int = 0
     # optimisation

@@ -54,6 +54,9 @@ TRAJECTORY_KEYS = ("task", "model", "pretrained", "epe", "context_length", "imag
                    "warmup_steps", "weight_decay", "adam_eps", "seed", "precision")
 
 
+VAL_SEED = 0  # the validation places are the same for every seed, like the test split
+
+
 def setup_distributed(device: str = "auto") -> tuple[torch.device, int, int]:
     """(device, rank, world size) from torchrun's environment; joins the process group."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -284,7 +287,7 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
         train_records, test_records = load_records(cfg)
     select_records, select_split = test_records, "test"  # the paper's rule
     if cfg.val_share:
-        train_records, select_records = validation_split(train_records, cfg.val_share, cfg.seed)
+        train_records, select_records = validation_split(train_records, cfg.val_share, VAL_SEED)
         select_split = "val"
     geobridge = cfg.task == "geobridge"
     if geobridge and cfg.missing_share:
