@@ -154,10 +154,10 @@ def test_text_pos_init_reinitialises_only_random_init_stage_one_models():
     from geotextloc.train.config import load_config
     from geotextloc.train.loop import build_model
 
-    cfg = load_config("configs/smoke/crosstext2loc_pretrain.yaml", ["text_pos_init=sinusoidal"])
+    cfg = load_config("configs/scratch/crosstext2loc_pretrain.yaml", ["text_pos_init=sinusoidal"])
     model = build_model(cfg)[0]
     assert torch.equal(model.positional_embedding, sinusoidal_table(*model.positional_embedding.shape))
-    plain = build_model(load_config("configs/smoke/crosstext2loc_pretrain.yaml", ["text_pos_init=normal"]))[0]
+    plain = build_model(load_config("configs/scratch/crosstext2loc_pretrain.yaml", ["text_pos_init=normal"]))[0]
     assert smoothness(plain.positional_embedding) < 0.2
     with pytest.raises(ValueError, match="sinusoidal"):
         init_text_positions(plain, "zeros")
