@@ -72,8 +72,6 @@ def test_cached_features_refuse_augmentation_and_other_models(release, tmp_path)
     with pytest.raises(ConfigError, match="cache_features"):
         towers(tmp_path, augment=True, cache_images=False)
     with pytest.raises(ConfigError, match="cache_features"):
-        towers(tmp_path, task="geobridge")
-    with pytest.raises(ConfigError, match="cache_features"):
         towers(tmp_path, text_dropout=0.3)
     with pytest.raises(ConfigError, match="pretrained-towers model"):
         train(towers(tmp_path, model="geotextloc-tiny", pretrained=None, epe="truncate", context_length=77),

@@ -166,3 +166,46 @@ def test_torchrun_geobridge_run_matches_one_process(geoloc, tmp_path, mode):
     two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
     for name, value in one.items():
         assert torch.allclose(value, two[name], atol=1e-4), name
+
+
+def towers_bridge(root, out_dir, **overrides):
+    values = dict(task="geobridge", model="geotextloc-minilm-mnv2", pretrained="wheels", epe="interpolate",
+                  context_length=96, image_size=64, train_last_k=2, cache_features=True, augment=False,
+                  data_root=str(root), batch_size=8, epochs=2, lr=1e-3, device="cpu", eval_scope=100,
+                  eval_every=2, out_dir=str(out_dir))
+    return from_dict(values | overrides)
+
+
+@pytest.mark.parametrize("mode", ["fused", "image-only"])
+def test_geobridge_on_pretrained_towers_trains_cached_view_tails_and_resumes_exactly(geoloc, tmp_path, mode):
+    from geotextloc.models import factory
+
+    cfg = towers_bridge(geoloc, tmp_path / "a", mode=mode, feature_cache=str(tmp_path / "features"),
+                        missing_share=0.25)
+    train(cfg)
+    caches = sorted(p.name.split("-")[1] for p in (tmp_path / "features").glob("image-*.safetensors"))
+    assert caches == ["drone", "satellite", "street"]
+    from geotextloc.train.loop import seed_everything
+
+    seed_everything(cfg.seed)  # as train() does before it builds the model: the same new heads
+    start = factory.create("geotextloc-minilm-mnv2", "wheels", 96, "interpolate", image_size=64)[0].state_dict()
+    after = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    changed = {k for k in after if k.startswith("encoders.") and
+               not torch.equal(after[k], start["visual." + k.split(".", 2)[2]])}
+    for view in ("drone", "street", "satellite"):
+        assert any(k.startswith(f"encoders.{view}.trunk.blocks.6.") for k in changed)
+        assert any(k == f"encoders.{view}.head.proj.weight" for k in changed)
+        assert not any(k.startswith((f"encoders.{view}.trunk.blocks.3.", f"encoders.{view}.trunk.conv_stem"))
+                       for k in changed)
+    text_proj = torch.equal(after["text.text.proj.weight"], start["text.proj.weight"])
+    assert text_proj == (mode == "image-only")  # image-only: the text tower gets no gradient at all
+
+    train(towers_bridge(geoloc, tmp_path / "b", mode=mode, feature_cache=str(tmp_path / "features"),
+                        missing_share=0.25, stop_after_epoch=1))
+    train(towers_bridge(geoloc, tmp_path / "b", mode=mode, feature_cache=str(tmp_path / "features"),
+                        missing_share=0.25, resume=True))
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+               if json.loads(x)["kind"] == "train"] for run in ("a", "b")]
+    assert losses[0] == losses[1]
+    model, _, _, _ = load_checkpoint(tmp_path / "a" / "best.pt")  # the whole model, for evaluation
+    assert set(model.encoders) == {"drone", "street", "satellite"}

@@ -46,18 +46,18 @@ def split_stage(model: nn.Module, k: int) -> int:
     return stages - k
 
 
-def image_stem(model: nn.Module, images: torch.Tensor, start: int) -> torch.Tensor:
-    """The locked part: stem conv and stages [0, start) -> feature maps."""
-    trunk = _trunk(model)
+def image_stem(visual: nn.Module, images: torch.Tensor, start: int) -> torch.Tensor:
+    """The locked part of an image tower (``model.visual``): stem conv and stages [0, start)."""
+    trunk = visual.trunk
     x = trunk.bn1(trunk.conv_stem(images))
     return trunk.blocks[:start](x)
 
 
-def image_tail(model: nn.Module, maps: torch.Tensor, start: int) -> torch.Tensor:
+def image_tail(visual: nn.Module, maps: torch.Tensor, start: int) -> torch.Tensor:
     """The trainable part: stages [start, end), head conv, pooling, projection."""
-    trunk = _trunk(model)
+    trunk = visual.trunk
     x = trunk.bn2(trunk.conv_head(trunk.blocks[start:](maps)))
-    return model.visual.head(trunk.forward_head(x))
+    return visual.head(trunk.forward_head(x))
 
 
 def text_pooled(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -101,15 +101,16 @@ class CachedTowers(nn.Module):
         return self
 
     def forward(self, maps: torch.Tensor, pooled: torch.Tensor):
-        image = image_tail(self.model, maps.float(), self.start)
+        image = image_tail(self.model.visual, maps.float(), self.start)
         text = self.model.text.proj(pooled.float())
         return F.normalize(image, dim=-1), F.normalize(text, dim=-1), self.model.logit_scale.exp()
 
 
 def cache_key(cfg, part: str, items) -> str:
-    """A hash of what the cache of ``part`` depends on: image files (path, size) or texts."""
-    common = {"model": cfg.model, "pretrained": cfg.pretrained, "precision": cfg.precision, "v": 2}
-    if part == "image":
+    """A hash of what the cache of ``part`` (image[-view] | text) depends on: image files
+    (path, size) or texts."""
+    common = {"model": cfg.model, "pretrained": cfg.pretrained, "precision": cfg.precision, "v": 2, "part": part}
+    if part.startswith("image"):
         what = {**common, "image_size": cfg.image_size, "k": cfg.train_last_k,
                 "images": [(str(p), p.stat().st_size) for p in items]}
     else:
@@ -157,7 +158,7 @@ def cached_pairs(cfg, model: nn.Module, pairs, dtype=None, batch_size: int = 64,
     text_file = folder / f"text-{cache_key(cfg, 'text', pairs.texts)}.safetensors" if folder else None
 
     maps = _load_or_make(image_file, lambda: _encode(
-        lambda b: image_stem(model, b, start), tiles(unique, pairs.transform, batch_size),
+        lambda b: image_stem(model.visual, b, start), tiles(unique, pairs.transform, batch_size),
         "cache image features", dtype, progress,
         total=-(-len(unique) // batch_size)).half())
     tokens = pairs.tokenizer(pairs.texts)
@@ -181,6 +182,110 @@ def _by_length(model: nn.Module, tokens: torch.Tensor, batch_size: int, dtype, p
     out = torch.empty_like(pooled)
     out[order] = pooled
     return out
+
+
+# ----------------------------------------------------------------------------- GeoBridge
+def bridge_start(bridge: nn.Module, k: int) -> int:
+    """Index of the first trainable stage of GeoBridge's view encoders (their last ``k`` train)."""
+    encoder = next(iter(bridge.encoders.values()))
+    trunk = getattr(encoder, "trunk", None)
+    if trunk is None or not hasattr(trunk, "blocks"):
+        raise ConfigError("cache_features needs the pretrained-towers model (geotextloc-minilm-mnv2)")
+    if not 0 <= k <= len(trunk.blocks):
+        raise ConfigError(f"train_last_k={k}: the image towers have {len(trunk.blocks)} stages")
+    return len(trunk.blocks) - k
+
+
+def _bridge_trainable(bridge: nn.Module, start: int) -> list[nn.Module]:
+    parts = []
+    for visual in bridge.encoders.values():
+        trunk = visual.trunk
+        parts += [*trunk.blocks[start:], trunk.conv_head, trunk.bn2, visual.head]
+    return parts
+
+
+def lock_geobridge(bridge: nn.Module, k: int, text: bool = True) -> None:
+    """GeoBridge over the towers model: each view encoder trains its last ``k`` stages, head conv
+    and projection; the text tower is locked but for its projection (``text=False``: that too)."""
+    start = bridge_start(bridge, k)
+    bridge.requires_grad_(False)
+    for module in _bridge_trainable(bridge, start):
+        module.requires_grad_(True)
+    bridge.text.text.proj.requires_grad_(text)
+    bridge.logit_scale.requires_grad_(True)
+
+
+class CachedGeoBridge(nn.Module):
+    """GeoBridge's training forward on cached inputs: ({view: maps}, pooled text) -> features."""
+
+    def __init__(self, bridge: nn.Module, k: int):
+        super().__init__()
+        self.bridge = bridge
+        self.start = bridge_start(bridge, k)
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.bridge.logit_scale
+
+    def train(self, mode: bool = True):
+        super().train(False)
+        for module in _bridge_trainable(self.bridge, self.start):
+            module.train(mode)
+        return self
+
+    def forward(self, maps: dict, pooled: torch.Tensor | None = None) -> dict:
+        out = {view: F.normalize(image_tail(self.bridge.encoders[view], x.float(), self.start), dim=-1)
+               for view, x in maps.items()}
+        if pooled is not None:
+            out["text"] = F.normalize(self.bridge.text.text.proj(pooled.float()), dim=-1)
+        out["logit_scale"] = self.bridge.temperature_scale()
+        return out
+
+
+class CachedQuadruples(torch.utils.data.Dataset):
+    """Item i = ({view: stem maps}, pooled text, masks), as :class:`~geotextloc.train.data.Quadruples`
+    gives images and tokens; a missing view is zeros with a False mask."""
+
+    def __init__(self, maps: dict, index: dict, pooled: torch.Tensor, has_text: torch.Tensor):
+        self.maps, self.index, self.pooled, self.has_text = maps, index, pooled, has_text
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def __getitem__(self, i: int):
+        images, masks = {}, {}
+        for view, maps in self.maps.items():
+            j = int(self.index[view][i])
+            images[view] = maps[j] if j >= 0 else torch.zeros_like(maps[0])
+            masks[view] = j >= 0
+        masks["text"] = bool(self.has_text[i])
+        return images, self.pooled[i], masks
+
+
+def cached_quadruples(cfg, bridge: nn.Module, quads, dtype=None, batch_size: int = 64,
+                      progress: bool = True) -> CachedQuadruples:
+    """Stem maps of every view's images (each file once) and pooled texts of GeoBridge's
+    training records (a :class:`~geotextloc.train.data.Quadruples`), cached like :func:`cached_pairs`."""
+    start = bridge_start(bridge, cfg.train_last_k or 0)
+    bridge.eval()
+    folder = Path(cfg.feature_cache) if cfg.feature_cache else None
+    maps, index = {}, {}
+    for view, encoder in bridge.encoders.items():
+        paths = [Path(r.images[view]) if r.images.get(view) else None for r in quads.records]
+        unique = list(dict.fromkeys(p for p in paths if p is not None))
+        if not unique:
+            raise ConfigError(f"no training record has a {view} image; GeoBridge needs every view")
+        slot = {p: k for k, p in enumerate(unique)}
+        index[view] = torch.tensor([slot[p] if p is not None else -1 for p in paths])
+        file = folder / f"image-{view}-{cache_key(cfg, f'image-{view}', unique)}.safetensors" if folder else None
+        maps[view] = _load_or_make(file, lambda: _encode(
+            lambda b: image_stem(encoder, b, start), tiles(unique, quads.transforms[view], batch_size),
+            f"cache {view} features", dtype, progress, total=-(-len(unique) // batch_size)).half())
+    texts = [r.text or "" for r in quads.records]
+    text_file = folder / f"text-{cache_key(cfg, 'text', texts)}.safetensors" if folder else None
+    tokens = quads.tokenizer(texts)
+    pooled = _load_or_make(text_file, lambda: _by_length(bridge.text, tokens, batch_size, dtype, progress))
+    return CachedQuadruples(maps, index, pooled, torch.tensor([bool(t) for t in texts]))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -227,12 +332,12 @@ def embed_images(model: nn.Module, paths: list[Path], transform, batch_size: int
 
     def compute(missing):
         todo = [Path(paths[i]) for i in missing]
-        maps = _encode(lambda b: image_stem(model, b, EVAL_STEM_STAGES), tiles(todo, transform, batch_size),
+        maps = _encode(lambda b: image_stem(model.visual, b, EVAL_STEM_STAGES), tiles(todo, transform, batch_size),
                        "embed gallery", None, progress, total=-(-len(todo) // batch_size))
         return list(maps.half())
 
     maps = torch.stack(_memoised(keys, compute))
-    out = [image_tail(model, chunk.float(), EVAL_STEM_STAGES) for chunk in maps.split(batch_size)]
+    out = [image_tail(model.visual, chunk.float(), EVAL_STEM_STAGES) for chunk in maps.split(batch_size)]
     return F.normalize(torch.cat(out), dim=-1)
 
 

@@ -214,7 +214,7 @@ def build_model(cfg: TrainConfig, device: str = "cpu"):
     from geotextloc.models.geobridge import GeoBridge
 
     size = model.visual.preprocess_cfg["size"]
-    model = GeoBridge(model, unlocked_blocks=cfg.train_last_k)
+    model = GeoBridge(model, unlocked_blocks=None if cfg.cache_features else cfg.train_last_k)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if cfg.mode == "image-only":  # L_img never reaches E_t: freeze it (DDP needs no unused-parameter search)
@@ -310,9 +310,15 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
     if cfg.cache_features:  # locked towers run once; the trainable parts see cached inputs
         from geotextloc.train import cached
 
-        cached.lock(model, cfg.train_last_k or 0)
-        pairs = cached.cached_pairs(cfg, model, pairs, dtype, progress=rank == 0)
-        trainer = cached.CachedTowers(model, cfg.train_last_k or 0)
+        k = cfg.train_last_k or 0
+        if geobridge:
+            cached.lock_geobridge(model, k, text=cfg.mode != "image-only")
+            pairs = cached.cached_quadruples(cfg, model, pairs, dtype, progress=rank == 0)
+            trainer = cached.CachedGeoBridge(model, k)
+        else:
+            cached.lock(model, k)
+            pairs = cached.cached_pairs(cfg, model, pairs, dtype, progress=rank == 0)
+            trainer = cached.CachedTowers(model, k)
     sampler = DistributedSampler(pairs, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(pairs, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
