@@ -55,8 +55,9 @@ def test_profiles_load_and_select_the_task_mode_and_missing_share(profile):
         assert (cfg.model, cfg.pretrained, cfg.image_size, cfg.batch_size, cfg.lr, cfg.epochs) == \
             ("ViT-L-14", "openai", None, 32, 1e-5, 200)
         assert cfg.train_last_k is None and load_config(CONFIGS / profile / "geobridge.yaml").mode == "fused"
-    if profile == "tiny":
-        assert (cfg.image_size, cfg.batch_size) == (64, 32)
+    if profile == "tiny":  # the pretrained towers, locked and cached
+        assert (cfg.model, cfg.pretrained, cfg.cache_features, cfg.batch_size) == \
+            ("geotextloc-minilm-mnv2", "wheels", True, 32)
 
 
 def test_bad_geobridge_settings_name_the_key():
