@@ -31,13 +31,16 @@ SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """HEAD's commit, suffixed ``+dirty`` when tracked files differ; ``unknown`` outside git."""
+    """HEAD's commit, suffixed ``+dirty`` when tracked files differ; ``unknown`` outside git.
+
+    Files under ``reports/`` do not count: executing the reports rewrites them."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+                 if not line[3:].startswith("reports/")]
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")

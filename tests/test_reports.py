@@ -65,3 +65,25 @@ def test_failing_cell_gives_one_line_error_from_the_cli(tmp_path):
     assert proc.returncode == 2
     assert "ValueError: boom" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r" / "bad.ipynb").exists()
+
+
+def test_git_commit_is_dirty_for_code_changes_but_not_for_the_reports_it_writes(tmp_path):
+    import subprocess
+
+    from geotextloc.reports import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "00.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    assert not git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "reports" / "00.csv").write_text("b\n")
+    assert not git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path).endswith("+dirty")
