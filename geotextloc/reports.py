@@ -40,7 +40,7 @@ def git_commit(cwd: Path | None = None) -> str:
     try:
         commit = git("rev-parse", "HEAD")
         dirty = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
-                 if not line[3:].startswith("reports/")]
+                 if not line.split(maxsplit=1)[-1].startswith("reports/")]
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
