@@ -11,6 +11,8 @@ readable by others exactly as far as the user's umask allows.
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import shutil
 import tempfile
@@ -107,3 +109,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

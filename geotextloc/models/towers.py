@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from geotextloc.errors import DataError, OfflineError
-from geotextloc.files import atomic_write_bytes
+from geotextloc.files import atomic_write_bytes, file_sha256
 
 SOURCES = ("wheels", "hub")
 MIRROR_ENV = "GEOTEXTLOC_TOWERS_MIRROR"
@@ -89,21 +89,13 @@ TOWERS = {t.key: t for t in (MINILM, MOBILENET_V2)}
 _verified: dict[tuple, str] = {}  # (path, size, mtime) -> sha256, so a file is hashed once per process
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check(path: Path, want: str, fix: str) -> None:
     """DataError unless ``path`` exists and hashes to ``want``."""
     if not path.is_file():
         raise DataError(f"{path}: pretrained tower file missing; {fix}")
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
-    got = _verified.get(key) or sha256_file(path)
+    got = _verified.get(key) or file_sha256(path)
     if got != want:
         raise DataError(f"{path}: sha256 {got[:12]}... is not the pinned {want[:12]}...; "
                         f"the file is corrupt or not the expected weights; {fix}")

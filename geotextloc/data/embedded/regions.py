@@ -37,7 +37,7 @@ from pathlib import Path
 from geotextloc.data.embedded.osm import load_region
 from geotextloc.data.embedded.scene import Region
 from geotextloc.errors import ConfigError, DataError, OfflineError
-from geotextloc.files import atomic_write_bytes
+from geotextloc.files import atomic_write_bytes, file_sha256
 
 CACHE_ENV = "GEOTEXTLOC_CACHE"
 MAX_MEMBER_BYTES = 64 << 20  # an OSM extract in a source package: a few MB
@@ -81,14 +81,6 @@ class RegionSource:
     path: Path
     sha256: str = ""
     builtin: str | None = None  # the key in BUILTIN_REGIONS, None for a user extract
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cache_dir() -> Path:
