@@ -1,4 +1,4 @@
-"""GeoLoc construction tools (GeoBridge, PAPERS.md §2 "Dataset (GeoLoc)"), for real data.
+"""GeoLoc construction tools (GeoBridge, CVPR 2026: the GeoLoc dataset), for real data.
 
 The paper's pipeline, one function per step:
 

@@ -1,4 +1,4 @@
-"""The unified multi-view description of a GeoLoc location (GeoBridge, PAPERS.md §2, step d).
+"""The unified multi-view description of a GeoLoc location (GeoBridge, CVPR 2026: its dataset construction, step d).
 
 The paper has GPT-4o write one description per location from all three views: merge the
 views, be concise, keep stable cues (roads, intersections, buildings, landmarks, rivers),

@@ -1,6 +1,6 @@
 """GeoBridge: three view encoders and one shared text encoder in one embedding space.
 
-Paper (PAPERS.md §2): a location is a quadruple (x_d, x_p, x_s, t) — drone, street-view
+GeoBridge (CVPR 2026): a location is a quadruple (x_d, x_p, x_s, t) — drone, street-view
 panorama, satellite, text. View-specific image encoders E_d, E_p, E_s and a shared text
 encoder E_t, all initialised from ONE CLIP model, give L2-normalised embeddings
 z_d, z_p, z_s, z_t. For a batch of B,
