@@ -69,13 +69,18 @@ def text_pooled(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
 
 
+def tail_modules(visual: nn.Module, start: int) -> list[nn.Module]:
+    """The trainable part of an image tower: stages [start, end), head conv and norm, projection."""
+    trunk = visual.trunk
+    return [*trunk.blocks[start:], trunk.conv_head, trunk.bn2, visual.head]
+
+
 def lock(model: nn.Module, k: int) -> None:
     """Freeze all but the image trunk's last ``k`` stages + head conv, both projections and
     the temperature. Locked modules stay in eval mode (BatchNorm statistics, dropout)."""
     start = split_stage(model, k)
-    trunk = _trunk(model)
     model.requires_grad_(False)
-    for module in [*trunk.blocks[start:], trunk.conv_head, trunk.bn2, model.visual.head, model.text.proj]:
+    for module in [*tail_modules(model.visual, start), model.text.proj]:
         module.requires_grad_(True)
     model.logit_scale.requires_grad_(True)
 
@@ -95,8 +100,7 @@ class CachedTowers(nn.Module):
     def train(self, mode: bool = True):
         """Only the trainable stages switch to training mode; locked parts stay in eval."""
         super().train(False)
-        trunk = _trunk(self.model)
-        for module in [*trunk.blocks[self.start:], trunk.bn2, self.model.visual.head]:
+        for module in tail_modules(self.model.visual, self.start):
             module.train(mode)
         return self
 
@@ -197,11 +201,7 @@ def bridge_start(bridge: nn.Module, k: int) -> int:
 
 
 def _bridge_trainable(bridge: nn.Module, start: int) -> list[nn.Module]:
-    parts = []
-    for visual in bridge.encoders.values():
-        trunk = visual.trunk
-        parts += [*trunk.blocks[start:], trunk.conv_head, trunk.bn2, visual.head]
-    return parts
+    return [module for visual in bridge.encoders.values() for module in tail_modules(visual, start)]
 
 
 def lock_geobridge(bridge: nn.Module, k: int, text: bool = True) -> None:
