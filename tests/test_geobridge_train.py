@@ -210,3 +210,25 @@ def test_geobridge_on_pretrained_towers_trains_cached_view_tails_and_resumes_exa
     assert losses[0] == losses[1]
     model, _, _, _ = load_checkpoint(tmp_path / "a" / "best.pt")  # the whole model, for evaluation
     assert set(model.encoders) == {"drone", "street", "satellite"}
+
+
+def test_memoised_geobridge_evaluation_equals_running_every_tower_whole(geoloc, tmp_path):
+    from geotextloc.eval.multiview import embed_records
+    from geotextloc.train.cached import bridge_embedder
+
+    cfg = towers_bridge(geoloc, tmp_path / "a")
+    model, _, transforms, tokenizer = build_model(cfg, "cpu")
+    records = [r for r in read_geoloc(geoloc) if r.split == "test"]
+    embed = bridge_embedder(model, transforms, tokenizer, batch_size=3, progress=False)
+    kinds = ["drone", "street", "satellite", "text"]
+    memo, whole = embed(records, kinds), embed_records(model, records, transforms, tokenizer, kinds, progress=False)
+    for kind in kinds:
+        assert memo[kind].names == whole[kind].names
+        # the stems' feature maps are kept in float16
+        assert abs(memo[kind].vectors - whole[kind].vectors).max() < (2e-3 if kind != "text" else 1e-5)
+    with torch.no_grad():  # a fine-tuned drone stem gets its own entries
+        model.encoders["drone"].trunk.conv_stem.weight.mul_(0.5)
+    again = embed(records, ["drone"])["drone"].vectors
+    assert abs(again - embed_records(model, records, transforms, tokenizer, ["drone"], progress=False)["drone"]
+               .vectors).max() < 2e-3
+    assert bridge_embedder(build_model(tiny(geoloc, tmp_path / "b"), "cpu")[0], transforms, tokenizer) is None

@@ -235,17 +235,21 @@ def embed_records(
 def evaluate_multiview(
     model, records: Sequence, transforms: Mapping, tokenizer, directions: Sequence[str] | None = None,
     scope: int | None = 100, batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+    embed=None,
 ) -> MultiviewReport:
     """Embed the test ``records`` with ``model`` and evaluate every direction (module docstring).
 
     Names must be unique. The scoped protocol runs when every record has coordinates.
+    ``embed(records, kinds)``, if given, replaces :func:`embed_records` (e.g. one that reuses
+    locked towers' outputs across runs).
     """
     names = [r.name for r in records]
     if len(set(names)) != len(names):
         raise DataError("test records repeat a name; the gallery needs one item per location")
     directions = list(directions or DIRECTIONS)
     kinds = sorted({kind for d in directions for kind in DIRECTIONS[d]}, key=(*VIEWS, TEXT).index)
-    embeddings = embed_records(model, records, transforms, tokenizer, kinds, batch_size, num_workers, progress)
+    embeddings = (embed(records, kinds) if embed is not None else
+                  embed_records(model, records, transforms, tokenizer, kinds, batch_size, num_workers, progress))
     directions = [d for d in directions if set(DIRECTIONS[d]) <= set(embeddings)]
     coordinates = None
     if all(getattr(r, "lat", None) is not None and getattr(r, "lon", None) is not None for r in records):

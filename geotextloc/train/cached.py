@@ -325,19 +325,27 @@ def _memoised(keys: list, compute) -> list:
 def embed_images(model: nn.Module, paths: list[Path], transform, batch_size: int = 64,
                  progress: bool = True) -> torch.Tensor:
     """L2-normalised image features = tail(memoised stem(tile)), equal to ``encode_image``."""
-    trunk = _trunk(model)
+    _trunk(model)
+    return embed_visual(model.visual, paths, transform, batch_size, progress)
+
+
+@torch.no_grad()
+def embed_visual(visual: nn.Module, paths: list[Path], transform, batch_size: int = 64,
+                 progress: bool = True) -> torch.Tensor:
+    """:func:`embed_images` for one image tower (``model.visual`` or a GeoBridge view encoder)."""
+    trunk = visual.trunk
     stem = [trunk.conv_stem, trunk.bn1, *trunk.blocks[:EVAL_STEM_STAGES]]
     tag = ("image", _fingerprint(stem), repr(transform))
     keys = [(*tag, str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in map(Path, paths)]
 
     def compute(missing):
         todo = [Path(paths[i]) for i in missing]
-        maps = _encode(lambda b: image_stem(model.visual, b, EVAL_STEM_STAGES), tiles(todo, transform, batch_size),
+        maps = _encode(lambda b: image_stem(visual, b, EVAL_STEM_STAGES), tiles(todo, transform, batch_size),
                        "embed gallery", None, progress, total=-(-len(todo) // batch_size))
         return list(maps.half())
 
     maps = torch.stack(_memoised(keys, compute))
-    out = [image_tail(model.visual, chunk.float(), EVAL_STEM_STAGES) for chunk in maps.split(batch_size)]
+    out = [image_tail(visual, chunk.float(), EVAL_STEM_STAGES) for chunk in maps.split(batch_size)]
     return F.normalize(torch.cat(out), dim=-1)
 
 
@@ -353,3 +361,34 @@ def embed_texts(model: nn.Module, texts, tokenizer, batch_size: int = 64, progre
 
     pooled = torch.stack(_memoised(keys, compute))
     return F.normalize(model.text.proj(pooled), dim=-1)
+
+
+def bridge_embedder(bridge: nn.Module, transforms, tokenizer, batch_size: int = 64, progress: bool = True):
+    """An ``embed(records, kinds)`` for :func:`geotextloc.eval.multiview.evaluate_multiview`
+    that reuses the locked stems and text tower across the runs of a grid, or None when
+    ``bridge`` is not over the towers model (then every image runs through its whole tower)."""
+    if not all(hasattr(getattr(v, "trunk", None), "blocks") for v in bridge.encoders.values()) \
+            or not hasattr(getattr(bridge.text, "text", None), "pooler"):
+        return None
+    from geotextloc.eval.multiview import TEXT, Embedded
+
+    def embed(records, kinds):
+        was_training = bridge.training
+        bridge.eval()
+        out = {}
+        try:
+            for kind in kinds:
+                if kind == TEXT:
+                    chosen = [r for r in records if getattr(r, "text", None)]
+                    features = embed_texts(bridge.text, [r.text for r in chosen], tokenizer, batch_size, progress)
+                else:
+                    chosen = [r for r in records if kind in r.images]
+                    features = embed_visual(bridge.encoders[kind], [Path(r.images[kind]) for r in chosen],
+                                            transforms[kind], batch_size, progress)
+                if chosen:
+                    out[kind] = Embedded([r.name for r in chosen], features.float().numpy())
+        finally:
+            bridge.train(was_training)
+        return out
+
+    return embed

@@ -228,9 +228,11 @@ def evaluate_split(cfg: TrainConfig, model, records, preprocess_val, tokenizer):
     every GeoBridge direction and the mean R@1 of the six image directions (geobridge)."""
     if cfg.task == "geobridge":
         from geotextloc.eval.multiview import evaluate_multiview
+        from geotextloc.train.cached import bridge_embedder
 
         report = evaluate_multiview(model, records, preprocess_val, tokenizer, scope=cfg.eval_scope,
-                                    batch_size=cfg.eval_batch_size)
+                                    batch_size=cfg.eval_batch_size,
+                                    embed=bridge_embedder(unwrap(model), preprocess_val, tokenizer, cfg.eval_batch_size))
         return report, report.score
     report = evaluate_model(model, records, cfg.view, preprocess_val, tokenizer,
                             scope=cfg.eval_scope, batch_size=cfg.eval_batch_size)
