@@ -55,7 +55,7 @@ def test_cached_features_train_only_the_unlocked_parts_and_resume_exactly(releas
     # interrupted and resumed (features read back from the cache, no tile decoded) = uninterrupted
     from geotextloc.train import cached
 
-    monkeypatch.setattr(cached, "tiles", lambda *args: pytest.fail("tiles decoded again"))
+    monkeypatch.setattr(cached, "image_batches", lambda *args: pytest.fail("tiles decoded again"))
     train(towers(tmp_path / "b", feature_cache=str(tmp_path / "features"), stop_after_epoch=1),
           train_records, test_records)
     train(towers(tmp_path / "b", feature_cache=str(tmp_path / "features"), resume=True), train_records, test_records)
@@ -118,18 +118,19 @@ def test_early_stopping_ends_a_run_whose_validation_score_stalls_and_survives_re
 
 def test_memoised_evaluation_features_equal_the_models_own_and_follow_its_weights(release):
     from geotextloc.models import factory
-    from geotextloc.train import cached, retrieval
-    from geotextloc.train.data import image_paths
+    from geotextloc.data.images import image_paths
+    from geotextloc.eval import embed
+    from geotextloc.models.stages import towers_model
 
     train_records, test_records = release
     model, _, preprocess, tokenizer = factory.create("geotextloc-minilm-mnv2", "wheels", 128, "interpolate",
                                                      image_size=64)
     model.eval()
     paths, texts = image_paths(test_records, "sat"), [r.text for r in test_records]
-    images = retrieval.embed_images(model, paths, preprocess, batch_size=3, progress=False)
-    queries = retrieval.embed_texts(model, texts, tokenizer, batch_size=3, progress=False)
+    images = embed.embed_images(model, paths, preprocess, batch_size=3, progress=False)
+    queries = embed.embed_texts(model, texts, tokenizer, batch_size=3, progress=False)
     with torch.no_grad():
-        from geotextloc.train.data import load_image
+        from geotextloc.data.images import load_image
 
         direct = model.encode_image(torch.stack([preprocess(load_image(p)) for p in paths]), normalize=True)
         direct_text = model.encode_text(tokenizer(texts), normalize=True)
@@ -138,6 +139,6 @@ def test_memoised_evaluation_features_equal_the_models_own_and_follow_its_weight
     with torch.no_grad():  # a fine-tuned stem must not reuse the memo
         model.visual.trunk.conv_stem.weight.mul_(0.5)
         direct = model.encode_image(torch.stack([preprocess(load_image(p)) for p in paths]), normalize=True)
-    torch.testing.assert_close(retrieval.embed_images(model, paths, preprocess, progress=False), direct,
+    torch.testing.assert_close(embed.embed_images(model, paths, preprocess, progress=False), direct,
                                atol=2e-3, rtol=0)
-    assert cached.towers_model(model) and not cached.towers_model(factory.create("geotextloc-tiny")[0])
+    assert towers_model(model) and not towers_model(factory.create("geotextloc-tiny")[0])

@@ -67,9 +67,9 @@ def test_map_labels_weighs_rare_words(monkeypatch):
 
 
 def test_cli_prints_the_table_and_names_a_folder_without_facts(built, tmp_path, capsys):
-    assert main(["data", "baselines", "--out", str(built), "--versions", "Helsinki,Helsinki-25m"]) == 0
+    assert main(["baselines", "--data", str(built), "--versions", "Helsinki,Helsinki-25m"]) == 0
     printed = capsys.readouterr().out
     assert "map labels" in printed and "Helsinki-25m" in printed and "L@100" in printed
-    assert main(["data", "baselines", "--out", str(tmp_path / "nothing")]) == 2
+    assert main(["baselines", "--out", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "nothing/facts" in err and "build-embedded" in err

@@ -133,7 +133,7 @@ def unified_description_offline(views: Mapping[str, str | Sequence[str]], max_cl
 
 def description_messages(views: Mapping[str, str | Sequence[str]], images: Mapping[str, Image.Image] | None = None):
     """Chat messages for the LMM: the paper's instructions, then each view's image and notes."""
-    from geotextloc.explain.lmm import data_url
+    from geotextloc.lmm import data_url
 
     content: list[dict[str, Any]] = []
     for view in dict.fromkeys([*(images or {}), *views]):
@@ -150,24 +150,24 @@ def description_messages(views: Mapping[str, str | Sequence[str]], images: Mappi
 
 
 def lmm_client(model: str = "gpt-4o", cache_dir: str | Path = ".cache/lmm", **options) -> Callable[[list], str]:
-    """``complete(messages) -> text`` over the project's OpenAI client
-    (:class:`geotextloc.explain.lmm.LMMExplainer`: key from OPENAI_API_KEY, OPENAI_BASE_URL,
-    retries with backoff on 429/5xx/timeouts, a request budget, an on-disk cache)."""
-    from geotextloc.explain import lmm as lmm_module
+    """``complete(messages) -> text`` over the project's chat client
+    (:class:`geotextloc.lmm.ChatClient`: key from OPENAI_API_KEY, OPENAI_BASE_URL, retries with
+    backoff on 429/5xx/timeouts, a request budget, an on-disk cache)."""
+    from geotextloc.lmm import BudgetExhausted, ChatClient, RequestFailed
 
-    lmm = lmm_module.LMMExplainer(model=model, cache_dir=cache_dir, response_format=None, **options)
+    client = ChatClient(model=model, cache_dir=cache_dir, **options)
 
     def complete(messages: list) -> str:
-        key = lmm.cache_key(messages)
-        cached = lmm._cache_read(key)
+        key = client.cache_key(messages)
+        cached = client.cached(key)
         if isinstance(cached, dict) and "description" in cached:
             return cached["description"]
         try:
-            text = lmm._request(messages) or ""
-        except (lmm_module._RequestFailed, lmm_module._BudgetExhausted) as err:
+            text = client.complete(messages)
+        except (RequestFailed, BudgetExhausted) as err:
             raise OfflineError(f"LMM description failed: {err or 'request budget spent'}; "
                                "use client=None for the offline describer") from None
-        lmm._cache_write(key, {"description": text})
+        client.remember(key, {"description": text})
         return text
 
     return complete

@@ -1,4 +1,5 @@
-"""``geotextloc index`` (build a gallery index from a checkpoint) and ``geotextloc search``."""
+"""``geotextloc index`` (build a gallery index from a checkpoint), ``geotextloc search`` and
+``geotextloc baselines`` (chance and map-label retrieval on an embedded dataset)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,20 @@ def register(subparsers) -> None:
     build.add_argument("--kind", choices=("flat", "hnsw", "ivf"), default="flat",
                        help="FAISS index: exact (flat) or approximate for large galleries")
     build.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write the index to")
+
+    base = subparsers.add_parser(
+        "baselines",
+        help="chance and map-label retrieval on the test split of each version of a built embedded dataset",
+        description="Run the CVG-Text protocol with random similarities and with a bag of words of the "
+        "labels printed on each OSM tile (geotextloc.eval.baselines) on the test split of each version.",
+    )
+    base.add_argument("--data", "--out", dest="data", type=Path, default=Path("data/embedded"),
+                      help="the built embedded dataset (default data/embedded)")
+    base.add_argument("--versions", default=None, metavar="V,V",
+                      help="comma-separated versions (default: every <City>, <City>-photos, <City>-25m, ... on disk)")
+    base.add_argument("--scope", type=int, default=100, help="candidates per query (default 100, the paper's)")
+    base.add_argument("--seed", type=int, default=0, help="seed of the random similarities and tie-breaking jitter")
+    base.set_defaults(func=run_baselines_command)
     build.add_argument("--device", default="cpu")
     build.set_defaults(func=run_index)
 
@@ -58,8 +73,8 @@ def run_index(args: argparse.Namespace) -> int:
     from geotextloc.data.release import read_release
     from geotextloc.eval.index import GalleryIndex
     from geotextloc.models.factory import from_checkpoint
-    from geotextloc.train.data import image_paths
-    from geotextloc.train.retrieval import embed_images
+    from geotextloc.data.images import image_paths
+    from geotextloc.eval.embed import embed_images
 
     splits = args.split or ["train", "test"]
     records = {r.name: r for r in reversed(read_release(args.data, versions=[args.version], splits=splits).records)}
@@ -96,4 +111,25 @@ def run_search(args: argparse.Namespace) -> int:
         line = f"{j + 1:>4}  {result.scores[0, j]:>7.4f}  {result.lat[0, j]:>11.6f}  {result.lon[0, j]:>12.6f}"
         line += f"  {result.distance_km[0, j]:>7.3f}" if args.near else ""
         print(f"{line}  {name}")
+    return 0
+
+
+def run_baselines_command(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from geotextloc.data.release import discover_versions
+    from geotextloc.errors import DataError
+    from geotextloc.eval.baselines import run_baselines, summary
+
+    if not (args.data / "facts").is_dir():
+        raise DataError(f"{args.data}/facts: not found; the map-label baseline needs an embedded dataset "
+                        f"(geotextloc data build-embedded --out {args.data})")
+    on_disk = discover_versions(args.data)
+    versions = ([v.strip() for v in args.versions.split(",") if v.strip()] if args.versions
+                else [v for v in on_disk if not v.endswith(("-mixed", "-dense"))])
+    reports = run_baselines(args.data, versions, scope=args.scope, seed=args.seed)
+    if not reports:
+        raise DataError(f"{args.data}: no test records in {', '.join(versions)}; pick versions with a test split")
+    with pd.option_context("display.width", 200, "display.max_rows", None, "display.max_columns", None):
+        print(summary(reports)[["R@1", "R@5", "R@10", "L@50", "L@100", "Deviation", "Count"]].round(2))
     return 0

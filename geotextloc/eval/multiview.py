@@ -29,39 +29,23 @@ GeoLoc names without coordinates work too.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from geotextloc.errors import DataError
 from geotextloc.files import atomic_path
+from geotextloc.eval.embed import Embedded, embed_records
 from geotextloc.eval.index import GalleryIndex, l2_normalise
 from geotextloc.eval.metrics import evaluate
+from geotextloc.views import DIRECTIONS, GEOBRIDGE_VIEWS, IMAGE_DIRECTIONS, LETTER, TEXT, TEXT_DIRECTIONS
 
-DRONE, STREET, SATELLITE, TEXT = "drone", "street", "satellite", "text"
-VIEWS = (DRONE, STREET, SATELLITE)
-LETTER = {DRONE: "D", STREET: "P", SATELLITE: "S", TEXT: "T"}
-IMAGE_DIRECTIONS = ("D2S", "S2D", "P2S", "S2P", "D2P", "P2D")  # the paper's table order
-TEXT_DIRECTIONS = ("T2D", "T2P", "T2S")
-DIRECTIONS = {f"{LETTER[u]}2{LETTER[v]}": (u, v) for u in (*VIEWS, TEXT) for v in VIEWS if u != v}
 RECALL_AT = (1, 5, 10)
 WHOLE_KEYS = ("R@1", "R@5", "R@10", "AP", "Count")
 SCOPED_KEYS = ("R@1", "R@5", "R@10", "L@50", "L@100", "L@150", "Deviation", "Count")
 TOP_SHOWN = 5
-
-
-@dataclass
-class Embedded:
-    """L2-normalised embeddings of one kind (a view or text) for the locations that have it."""
-
-    names: list[str]
-    vectors: np.ndarray  # (len(names), D) float32
 
 
 @dataclass
@@ -183,73 +167,20 @@ def evaluate_embeddings(
     return MultiviewReport(frame, scoped_frame, pd.DataFrame(rows), scope)
 
 
-# ---------------------------------------------------------------- with a GeoBridge model
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-@torch.no_grad()
-def embed_records(
-    model, records: Sequence, transforms: Mapping, tokenizer, kinds: Sequence[str] = (*VIEWS, TEXT),
-    batch_size: int = 64, num_workers: int = 0, progress: bool = True,
-) -> dict[str, Embedded]:
-    """Embed each record's views (with E_d, E_p, E_s) and text (E_t), for the kinds asked.
-
-    ``model``: a :class:`geotextloc.models.geobridge.GeoBridge`; ``transforms``: view -> image
-    transform (:func:`geotextloc.train.data.view_transforms`); records lacking a kind are left
-    out of that kind.
-    """
-    from geotextloc.train.data import Images
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out: dict[str, Embedded] = {}
-    try:
-        for kind in kinds:
-            if kind == TEXT:
-                chosen = [r for r in records if getattr(r, "text", None)]
-                chunks = []
-                for start in tqdm(range(0, len(chosen), batch_size), desc="embed text", disable=not progress,
-                                  leave=False):
-                    tokens = tokenizer([r.text for r in chosen[start : start + batch_size]]).to(device)
-                    with _autocast(device):
-                        chunks.append(model.encode_text(tokens).float().cpu())
-            else:
-                chosen = [r for r in records if kind in r.images]
-                loader = DataLoader(Images([r.images[kind] for r in chosen], transforms[kind]),
-                                    batch_size=batch_size, num_workers=num_workers)
-                chunks = []
-                for images in tqdm(loader, desc=f"embed {kind}", disable=not progress, leave=False):
-                    with _autocast(device):
-                        chunks.append(model.encode(kind, images.to(device)).float().cpu())
-            if chosen:
-                out[kind] = Embedded([r.name for r in chosen], torch.cat(chunks).numpy())
-    finally:
-        model.train(was_training)
-    return out
-
-
 def evaluate_multiview(
     model, records: Sequence, transforms: Mapping, tokenizer, directions: Sequence[str] | None = None,
     scope: int | None = 100, batch_size: int = 64, num_workers: int = 0, progress: bool = True,
-    embed=None,
 ) -> MultiviewReport:
     """Embed the test ``records`` with ``model`` and evaluate every direction (module docstring).
 
     Names must be unique. The scoped protocol runs when every record has coordinates.
-    ``embed(records, kinds)``, if given, replaces :func:`embed_records` (e.g. one that reuses
-    locked towers' outputs across runs).
     """
     names = [r.name for r in records]
     if len(set(names)) != len(names):
         raise DataError("test records repeat a name; the gallery needs one item per location")
     directions = list(directions or DIRECTIONS)
-    kinds = sorted({kind for d in directions for kind in DIRECTIONS[d]}, key=(*VIEWS, TEXT).index)
-    embeddings = (embed(records, kinds) if embed is not None else
-                  embed_records(model, records, transforms, tokenizer, kinds, batch_size, num_workers, progress))
+    kinds = sorted({kind for d in directions for kind in DIRECTIONS[d]}, key=(*GEOBRIDGE_VIEWS, TEXT).index)
+    embeddings = embed_records(model, records, transforms, tokenizer, kinds, batch_size, num_workers, progress)
     directions = [d for d in directions if set(DIRECTIONS[d]) <= set(embeddings)]
     coordinates = None
     if all(getattr(r, "lat", None) is not None and getattr(r, "lon", None) is not None for r in records):

@@ -60,8 +60,8 @@ def run_explain(args: argparse.Namespace) -> int:
     from geotextloc.explain import make_explainer
     from geotextloc.explain.pipeline import explain_query, save
     from geotextloc.models.factory import from_checkpoint
-    from geotextloc.train.data import image_paths
-    from geotextloc.train.retrieval import embed_images
+    from geotextloc.data.images import image_paths, one_per_name
+    from geotextloc.eval.embed import embed_images
 
     near = _near(args.near)
     cached = Path(args.cache) / "lmm"
@@ -77,10 +77,7 @@ def run_explain(args: argparse.Namespace) -> int:
     if version is None:
         raise ConfigError(f"{args.checkpoint}: the file does not name a release version; pass --version")
     records = read_release(args.data, versions=[version], splits=(args.split,)).records
-    first: dict = {}
-    for record in records:
-        first.setdefault(record.name, record)  # one gallery tile per name, the first kept
-    gallery = list(first.values())
+    gallery = one_per_name(records)
     if not gallery:
         raise DataError(f"{args.data}: version {version!r} has no {args.split} records")
     text, truth = args.query, None

@@ -5,7 +5,7 @@
     save(result, "out/")   # top5.png, query_relevance.png, heatmaps/*.png, explanation.json
 
 ``gallery`` are release records (anything with ``name``, ``lat``, ``lon``, ``images``);
-``features`` their L2-normalised image embeddings (:func:`geotextloc.train.retrieval.embed_images`).
+``features`` their L2-normalised image embeddings (:func:`geotextloc.eval.embed.embed_images`).
 The candidates are the k most similar tiles within the ``scope`` nearest to ``near``
 (the protocol's geo scope), or in the whole gallery when ``near`` is None.
 """
@@ -25,7 +25,8 @@ from geotextloc import viz
 from geotextloc.files import atomic_path, atomic_write_text
 from geotextloc.explain import relevance, rerank
 from geotextloc.explain.schema import Candidate, Explanation
-from geotextloc.train.data import image_kind, load_image
+from geotextloc.data.images import load_image
+from geotextloc.views import image_kind
 
 
 @dataclass
@@ -150,8 +151,8 @@ def explain_split(model, preprocess, tokenizer, records: Sequence, gallery: Sequ
     """
     from tqdm.auto import tqdm
 
-    from geotextloc.train.data import image_paths
-    from geotextloc.train.retrieval import embed_images, embed_texts
+    from geotextloc.data.images import image_paths
+    from geotextloc.eval.embed import embed_images, embed_texts
 
     kind = image_kind(view)
     model.eval()

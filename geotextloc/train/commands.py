@@ -71,7 +71,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from geotextloc.files import atomic_write_text
     from geotextloc.models.factory import from_checkpoint
     from geotextloc.train.loop import setup_distributed
-    from geotextloc.train.retrieval import evaluate_model
+    from geotextloc.eval.embed import evaluate_model
 
     device, _, _ = setup_distributed(args.device)
     model, _, preprocess, tokenizer, config = from_checkpoint(

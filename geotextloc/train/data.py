@@ -13,42 +13,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import Compose, InterpolationMode, Resize
 from tqdm.auto import tqdm
 
+from geotextloc.data.images import Images, image_paths, load_image  # noqa: F401 (the names train uses)
 from geotextloc.errors import DataError
-
-IMAGE_KINDS = {"sat": "satellite", "osm": "osm"}  # config view -> record image kind
-
-
-def image_kind(view: str) -> str:
-    """``sat`` -> ``satellite``, ``osm`` -> ``osm``; other image kinds pass through."""
-    return IMAGE_KINDS.get(view, view)
-
-
-def image_paths(records: Sequence, view: str) -> list[Path]:
-    """Each record's image of ``view``; DataError names the first record without one."""
-    kind = image_kind(view)
-    paths = []
-    for record in records:
-        path = record.images.get(kind)
-        if path is None:
-            raise DataError(
-                f"record {record.name!r} has no {kind!r} image (has: {', '.join(record.images) or 'none'}); "
-                "choose another view or rebuild the dataset"
-            )
-        paths.append(Path(path))
-    return paths
-
-
-def load_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as err:
-        raise DataError(f"{path}: cannot read image ({err.__class__.__name__}); re-fetch or remove it") from None
+from geotextloc.views import GEOBRIDGE_VIEWS, TEXT, image_kind  # noqa: F401
 
 
 class Pairs(Dataset):
@@ -103,24 +74,6 @@ def drop_tokens(tokens: torch.Tensor, p: float, generator: torch.Generator | Non
     # stable partition: kept tokens first, in order; then zeros
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
     return torch.where(torch.gather(keep, 1, order), torch.gather(tokens, 1, order), torch.zeros_like(tokens))
-
-
-class Images(Dataset):
-    """Item i = transform(image at paths[i]): the gallery side of retrieval."""
-
-    def __init__(self, paths: Sequence[Path], transform):
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(load_image(self.paths[i]))
-
-
-GEOBRIDGE_VIEWS = ("drone", "street", "satellite")
-TEXT = "text"
 
 
 def view_transforms(transform, image_size: int | tuple[int, int]) -> dict:

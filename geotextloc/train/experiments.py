@@ -123,15 +123,15 @@ def run_config(spec: RunSpec, profile: str, runs_dir: str | Path, data_root: str
     ``overrides`` (config key -> value) apply to every stage; keys prefixed with a stage
     (``{"finetune.epochs": 2}``) to that stage only.
     """
-    from geotextloc.train.config import from_dict
+    from geotextloc.train.config import from_dict, load_config
 
     two_stage = has_pretrain_stage(profile)
     path = profiles.config_path("crosstext2loc_pretrain" if spec.stage == PRETRAIN else "crosstext2loc", profile)
-    values = profiles.load_config(path)
+    values = load_config(path).to_dict()  # the profile file over its task's defaults, checked
     if spec.stage == SCRATCH and two_stage:  # stage-1 optimisation for the epochs of both stages
-        first = profiles.load_config(profiles.config_path("crosstext2loc_pretrain", profile))
+        first = load_config(profiles.config_path("crosstext2loc_pretrain", profile)).to_dict()
         values |= {k: first[k] for k in ("lr", "warmup_steps", "adam_eps", "weight_decay")}
-        values["text_pos_init"] = first.get("text_pos_init", "normal")  # a random-init run, like stage 1
+        values["text_pos_init"] = first["text_pos_init"]  # a random-init run, like stage 1
         values["epochs"] = first["epochs"] + values["epochs"]
     values |= {"view": spec.view, "seed": spec.seed, "out_dir": str(Path(runs_dir) / spec.key), "resume": False}
     if spec.city:  # that city's share of the configured versions (-mixed, and -dense in stage 1)
@@ -243,7 +243,7 @@ def per_city(test: Sequence, report_for, scope: int | None = 100,
 def evaluate_records(model, preprocess, tokenizer, test: Sequence, view: str, scope: int = 100,
                      batch_size: int = 64, csv_dir: str | Path | None = None) -> dict[str, dict]:
     """:func:`per_city` with ``model``'s similarities (text queries -> ``view`` tiles)."""
-    from geotextloc.train.retrieval import evaluate_model
+    from geotextloc.eval.embed import evaluate_model
 
     def report_for(records):
         return evaluate_model(model, records, view, preprocess, tokenizer, scope=scope,

@@ -37,14 +37,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from geotextloc.errors import ConfigError
-from geotextloc.files import atomic_path, atomic_write_text
-from geotextloc.models import factory
+from geotextloc.errors import ConfigError, DataError
+from geotextloc.files import atomic_write_text
+from geotextloc.models import checkpoints, factory
 from geotextloc.models.epe import init_text_positions
 from geotextloc.train.config import TrainConfig
 from geotextloc.train.data import Pairs, Quadruples, drop_tokens, validation_split, view_transforms
 from geotextloc.train.losses import contrastive_loss
-from geotextloc.train.retrieval import evaluate_model
+from geotextloc.eval.embed import evaluate_model
 
 # Config keys that change the trajectory: a resumed run must use the saved values.
 TRAJECTORY_KEYS = ("task", "model", "pretrained", "epe", "context_length", "image_size", "train_last_k",
@@ -151,12 +151,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save via a temp file in the same folder and a rename: never a half-written file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -228,11 +222,9 @@ def evaluate_split(cfg: TrainConfig, model, records, preprocess_val, tokenizer):
     every GeoBridge direction and the mean R@1 of the six image directions (geobridge)."""
     if cfg.task == "geobridge":
         from geotextloc.eval.multiview import evaluate_multiview
-        from geotextloc.train.cached import bridge_embedder
 
         report = evaluate_multiview(model, records, preprocess_val, tokenizer, scope=cfg.eval_scope,
-                                    batch_size=cfg.eval_batch_size,
-                                    embed=bridge_embedder(unwrap(model), preprocess_val, tokenizer, cfg.eval_batch_size))
+                                    batch_size=cfg.eval_batch_size)
         return report, report.score
     report = evaluate_model(model, records, cfg.view, preprocess_val, tokenizer,
                             scope=cfg.eval_scope, batch_size=cfg.eval_batch_size)
@@ -240,34 +232,97 @@ def evaluate_split(cfg: TrainConfig, model, records, preprocess_val, tokenizer):
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):
-    """(model, preprocess_val, tokenizer, config) from our ``last.pt``/``best.pt`` (either task)."""
-    from geotextloc.models import checkpoints
+    """(model, preprocess_val, tokenizer, config) from our ``last.pt``/``best.pt`` (either task);
+    a file that is not one, or whose config or weights do not fit, is one error naming it."""
     from geotextloc.train.config import from_dict
 
-    obj = checkpoints.read_checkpoint(str(path))
-    if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict):
+    obj = checkpoints.read_checkpoint(path)
+    config = checkpoints.saved_config(obj, path)
+    if config is None:
         raise ConfigError(f"{path}: not a geotextloc training checkpoint (no config); "
                           "load released weights with geotextloc.models.factory.from_checkpoint")
-    cfg = from_dict({**obj["config"], "pretrained": None, "resume": False}, str(path))
+    try:
+        cfg = from_dict({**config, "pretrained": None, "resume": False}, str(path))
+    except (TypeError, ValueError) as err:  # a value of the wrong type
+        raise DataError(f"{path}: its config holds a value of the wrong type ({str(err).splitlines()[0]}); "
+                        f"{checkpoints.REFETCH}") from None
     model, _, preprocess_val, tokenizer = build_model(cfg, device)
-    model.load_state_dict(obj["model"])
+    checkpoints.load_state(model, checkpoints.read_state_dict(path, obj), path)
     return model.eval(), preprocess_val, tokenizer, cfg
 
 
+RESUME_FIX = "delete it or pick another out_dir to start afresh"
+STATE_TYPES = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "rng": list,
+               "epoch": int, "step": int, "best_r1": (int, float), "config": dict}  # what last.pt holds
+
+
+def _unfit_state(ckpt, model, optimizer) -> str | None:
+    """Why ``ckpt`` (read from a ``last.pt``) cannot resume this run's model and optimiser, or None."""
+    if not isinstance(ckpt, dict):
+        return f"holds a {type(ckpt).__name__}, not a training state"
+    for key, kind in STATE_TYPES.items():
+        if key not in ckpt:
+            return f"not a training state (no {key!r})"
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool) or (kind is int and ckpt[key] < 0):
+            return f"its {key!r} is a bad {type(ckpt[key]).__name__}"
+    if not ckpt["rng"] or not all(isinstance(s, dict) and {"python", "numpy", "torch", "cuda"} <= set(s)
+                                  for s in ckpt["rng"]):
+        return "its 'rng' is not a list of random-generator states"
+    expected, saved = model.state_dict(), ckpt["model"]
+    for key in [*sorted(expected.keys() ^ saved.keys(), key=str), *expected]:
+        if key not in saved or key not in expected or not isinstance(saved[key], torch.Tensor) \
+                or saved[key].shape != expected[key].shape:
+            return f"its model weights are not this run's model (at {key!r})"
+    if not _optimizer_fits(ckpt["optimizer"], optimizer):
+        return "its optimizer state does not match this run's trainable parameters"
+    if not isinstance(ckpt["scheduler"].get("last_epoch"), int):
+        return "its scheduler state has no step count"
+    return None
+
+
+def _optimizer_fits(saved: dict, optimizer) -> bool:
+    """Same parameter groups of the same sizes, and every saved state tensor of its parameter's shape."""
+    groups, state = saved.get("param_groups"), saved.get("state")
+    if not (isinstance(groups, list) and isinstance(state, dict)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+        return False
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        return False
+    ids = [i for g in groups for i in g["params"]]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, param in zip(ids, params):
+        entry = state.get(i, {}) if isinstance(i, int) else None
+        if not isinstance(entry, dict) or any(isinstance(v, torch.Tensor) and v.dim() and v.shape != param.shape
+                                              for v in entry.values()):
+            return False
+    return True
+
+
 def restore(path: Path, cfg: TrainConfig, model, optimizer, scheduler, scaler, rank: int):
-    """Load ``last.pt`` into the training state; returns (epochs done, step, best R@1)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    defaults = TrainConfig().to_dict()  # checkpoints older than a key hold its default
-    changed = [k for k in TRAJECTORY_KEYS if ckpt["config"].get(k, defaults[k]) != getattr(cfg, k)]
-    if changed:
-        key = changed[0]
-        raise ConfigError(f"{path}: cannot resume with a different {key} "
-                          f"({ckpt['config'].get(key)!r} -> {getattr(cfg, key)!r}); undo the override")
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
+    """Load ``last.pt`` into the training state; returns (epochs done, step, best R@1).
+
+    Read with the checked reader (weights only, checksum, finite values) and checked whole
+    before anything is loaded: a file that is not this run's state is one error naming it.
+    """
+    ckpt = checkpoints.read_checkpoint(path, RESUME_FIX)
+    problem = _unfit_state(ckpt, model, optimizer)
+    if problem is None:
+        defaults = TrainConfig().to_dict()  # checkpoints older than a key hold its default
+        changed = [k for k in TRAJECTORY_KEYS if ckpt["config"].get(k, defaults[k]) != getattr(cfg, k)]
+        if changed:
+            key = changed[0]
+            raise ConfigError(f"{path}: cannot resume with a different {key} "
+                              f"({ckpt['config'].get(key)!r} -> {getattr(cfg, key)!r}); undo the override")
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+            problem = f"its training state does not load ({type(err).__name__})"
+    if problem is not None:
+        raise DataError(f"{path}: {problem}; cannot resume from it: {RESUME_FIX}")
     return ckpt["epoch"], ckpt["step"], ckpt["best_r1"]
 
 
@@ -382,8 +437,8 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
             stale += 1
             if score > best_r1:
                 best_r1, stale = score, 0
-                save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch + 1,
-                             "report": summary}, out / "best.pt")
+                checkpoints.save_checkpoint({"model": model.state_dict(), "config": cfg.to_dict(),
+                                             "epoch": epoch + 1, "report": summary}, out / "best.pt")
                 report.to_csv(out / "best_queries.csv")
         states = [None] * world
         if world > 1:
@@ -391,9 +446,10 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
         else:
             states = [rng_state()]
         if rank == 0:
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": states,
-                         "epoch": epoch + 1, "step": step, "best_r1": best_r1, "config": cfg.to_dict()}, last)
+            checkpoints.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                         "rng": states, "epoch": epoch + 1, "step": step, "best_r1": best_r1,
+                                         "config": cfg.to_dict()}, last)
         if world > 1:
             dist.barrier()
         done = epoch + 1

@@ -59,7 +59,10 @@ from tqdm.auto import tqdm
 from geotextloc.data.embedded import places as plc
 from geotextloc.data.embedded import sampling
 from geotextloc.data.embedded.facts import scene_facts
-from geotextloc.data.embedded.osm import stable_unit
+from geotextloc.data.embedded.layout import (  # noqa: F401  (names of the layout: builder.panorama_name etc.)
+    CAPTURE_DATE, DRONE_FOOTPRINT_M, IMAGE_EXT, coord_prefix, drone_params, facts_path, image_paths, location_id,
+    mixed_name, mixed_view, panorama_name, single_name,
+)
 from geotextloc.data.embedded.regions import (  # noqa: F401  (resolve_regions, RegionSource: API)
     BUILTIN_REGIONS, RegionSource, file_sha256, load_source, resolve_regions)
 from geotextloc.data.embedded.scene import Location, Region
@@ -70,14 +73,11 @@ from geotextloc.text import describe as dsc
 BUILDER_VERSION = 4  # bump when outputs change for the same arguments (invalidates resume)
 DEFAULT_REGIONS = ("helsinki", "kouvola", "monaco")
 TILE_FOOTPRINT_M = 60.0  # satellite / OSM tile side, like CVG-Text's zoom-20 512 px tiles
-DRONE_FOOTPRINT_M = (80.0, 180.0)  # GeoLoc's reverse-crop scales
-CAPTURE_DATE = "2024-06"  # the date field of panorama names (the extracts' vintage)
 PNG_PARAMS = {"format": "PNG", "compress_level": 6, "optimize": False}
 #: Photo-like views (satellite, drone, street): baseline JPEG, fixed quantisation and chroma
 #: subsampling, no EXIF/ICC/comment/timestamp (PIL writes a bare JFIF header): byte-stable.
 JPEG_PARAMS = {"format": "JPEG", "quality": 90, "subsampling": "4:2:0", "optimize": False,
                "progressive": False}
-IMAGE_EXT = {"satellite": ".jpg", "osm": ".png", "street": ".jpg", "drone": ".jpg"}  # OSM: sharp labels
 CONTACT_SHEET_ROWS = 4
 SPLITS = (sampling.TRAIN, sampling.TEST)
 
@@ -140,64 +140,6 @@ def image_bytes(kind: str, image) -> bytes:
 
 
 # ----------------------------------------------------------------------------- names
-
-
-def coord_prefix(loc: Location) -> str:
-    return f"{loc.lat:.8f},{loc.lon:.8f}"
-
-
-def panorama_name(loc: Location) -> str:
-    return f"{coord_prefix(loc)}_{CAPTURE_DATE}_{loc.id}_d{int(round(loc.heading)) % 360}_z3.jpg"
-
-
-def single_name(loc: Location) -> str:
-    return f"{coord_prefix(loc)}_{loc.id}s.jpg"
-
-
-def mixed_view(loc: Location, seed: int) -> str:
-    """The text kind a location has in ``<City>-mixed``: panorama or single, half each.
-
-    The public release's ``-mixed`` versions merge panorama and single-view locations, which
-    lie at different places. Our locations carry both kinds, so ``-mixed`` takes one kind per
-    location (fixed by its id): no two gallery tiles of ``-mixed`` share their coordinates.
-    """
-    return dsc.PANORAMA if stable_unit(f"mixed:{seed}:{loc.region}:{loc.id}") < 0.5 else dsc.SINGLE
-
-
-def mixed_name(loc: Location, seed: int) -> str:
-    return panorama_name(loc) if mixed_view(loc, seed) == dsc.PANORAMA else single_name(loc)
-
-
-def drone_params(loc: Location, seed: int) -> tuple[float, float]:
-    """(footprint m, rotation deg), fixed per location: 80-180 m as in GeoLoc's reverse crops."""
-    lo, hi = DRONE_FOOTPRINT_M
-    footprint = round(lo + (hi - lo) * stable_unit(f"drone-footprint:{seed}:{loc.region}:{loc.id}"))
-    rotation = round(360.0 * stable_unit(f"drone-rotation:{seed}:{loc.region}:{loc.id}"), 1)
-    return float(footprint), rotation
-
-
-def location_id(name: str) -> str:
-    """The location id in a panorama or single-view name (:func:`panorama_name`, :func:`single_name`)."""
-    fields = Path(name).stem.split("_")
-    return fields[2] if len(fields) > 2 else fields[-1].removesuffix("s")
-
-
-def image_paths(out: Path, loc: Location, seed: int = 0, cities: tuple[str, ...] = ()) -> dict[str, Path]:
-    """Every image file of ``loc`` under ``out``: ``<version>:<kind>`` -> path, for the versions
-    of each release city in ``cities`` (default: the region's, ``<City>``). Files are named
-    as the annotation key (``.jpg``) but for the OSM tiles (``.png``, same stem: the release
-    reader accepts another image extension for a key)."""
-    pano, single = panorama_name(loc), single_name(loc)
-    paths = {}
-    for city in cities or (loc.region,):
-        for version, name in ((city, pano), (f"{city}-photos", single), (f"{city}-mixed", mixed_name(loc, seed))):
-            for kind, folder in (("satellite", "satellite"), ("osm", "OSM"), ("street", "street"), ("drone", "drone")):
-                paths[f"{version}:{kind}"] = (out / f"{version}-{folder}" / name).with_suffix(IMAGE_EXT[kind])
-    return paths
-
-
-def facts_path(out: Path, loc: Location) -> Path:
-    return out / "facts" / loc.region / f"{loc.id}.json"
 
 
 def is_done(out: Path, loc: Location, seed: int = 0, cities: tuple[str, ...] = ()) -> bool:

@@ -1,6 +1,5 @@
 """``geotextloc data build-embedded`` (the embedded default dataset from OSM extracts), ``data densify``
-(its dense training-only versions), ``data contact-sheets`` and ``data baselines`` (chance and
-map-label retrieval on its test splits)."""
+(its dense training-only versions) and ``data contact-sheets`` (a few locations' views and texts per region)."""
 
 from __future__ import annotations
 
@@ -73,19 +72,6 @@ def register(data_subparsers) -> None:
     c.add_argument("--to", type=Path, default=Path("reports"), help="where to copy them (default reports)")
     c.add_argument("--rows", type=int, default=4, metavar="N", help="locations per sheet (default 4)")
     c.set_defaults(func=contact_sheets_command)
-
-    b = data_subparsers.add_parser(
-        "baselines",
-        help="chance and map-label retrieval on the test split of each version of a built embedded dataset",
-        description="Run the CVG-Text protocol with random similarities and with a bag of words of the "
-        "labels printed on each OSM tile (geotextloc.eval.baselines) on the test split of each version.",
-    )
-    b.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the built dataset (default {DEFAULT_OUT})")
-    b.add_argument("--versions", default=None, metavar="V,V",
-                   help="comma-separated versions (default: every <City>, <City>-photos, <City>-25m, ... on disk)")
-    b.add_argument("--scope", type=int, default=100, help="candidates per query (default 100, the paper's)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the random similarities and tie-breaking jitter")
-    b.set_defaults(func=baselines_command)
 
 
 def build_embedded_command(args) -> int:
@@ -160,25 +146,4 @@ def contact_sheets_command(args) -> int:
     build_contact_sheets(args.out, cities, rows=args.rows, seed=seed)
     for path in copy_contact_sheets(args.out, args.to):
         print(f"wrote {path}")
-    return 0
-
-
-def baselines_command(args) -> int:
-    import pandas as pd
-
-    from geotextloc.data.release import discover_versions
-    from geotextloc.errors import DataError
-    from geotextloc.eval.baselines import run_baselines, summary
-
-    if not (args.out / "facts").is_dir():
-        raise DataError(f"{args.out}/facts: not found; the map-label baseline needs an embedded dataset "
-                        f"(geotextloc data build-embedded --out {args.out})")
-    on_disk = discover_versions(args.out)
-    versions = ([v.strip() for v in args.versions.split(",") if v.strip()] if args.versions
-                else [v for v in on_disk if not v.endswith(("-mixed", "-dense"))])
-    reports = run_baselines(args.out, versions, scope=args.scope, seed=args.seed)
-    if not reports:
-        raise DataError(f"{args.out}: no test records in {', '.join(versions)}; pick versions with a test split")
-    with pd.option_context("display.width", 200, "display.max_rows", None, "display.max_columns", None):
-        print(summary(reports)[["R@1", "R@5", "R@10", "L@50", "L@100", "Deviation", "Count"]].round(2))
     return 0

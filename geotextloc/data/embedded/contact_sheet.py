@@ -18,6 +18,7 @@ from typing import Sequence, Union
 from PIL import Image, ImageDraw
 
 from geotextloc.data.embedded import raster
+from geotextloc.data.embedded.layout import image_paths
 from geotextloc.data.embedded.osm import stable_unit
 from geotextloc.files import atomic_path
 
@@ -128,7 +129,6 @@ def pick_locations(out: str | Path, city: str, rows: int = 4, seed: int = 0) -> 
 
 
 def _row(out: Path, rec: dict) -> tuple:
-    from geotextloc.data.embedded.builder import image_paths
     from geotextloc.data.embedded.scene import Location
 
     loc = Location(**rec["location"])

@@ -1,0 +1,174 @@
+"""Embedding with a model: gallery images, text queries, GeoBridge's views; and the CVG-Text
+evaluation of a CrossText2Loc model on records.
+
+Every embedding is float32, L2-normalised, on the CPU. On a CPU, a pretrained-towers model
+(:mod:`geotextloc.models.stages`) is embedded through a per-process memo of its locked parts:
+every run of a grid shares them, so each tile's stem feature maps and each text's pooled
+output are computed once, keyed by a fingerprint of the weights that made them (a fine-tuned
+stem or text tower gets its own entries). The result equals the model's own forward (the stem
+maps are kept in float16).
+
+similarity[i, j] = cos(text_i, tile_j) = g_i . f_j; the protocol (geo-scoped ranking, R@k,
+L@m, deviation) is :func:`geotextloc.eval.evaluate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from geotextloc.data.images import Images, image_batches, image_paths, one_per_name
+from geotextloc.eval.metrics import ProtocolReport, evaluate
+from geotextloc.models import stages
+from geotextloc.views import GEOBRIDGE_VIEWS, TEXT
+
+MEMO_STEM_STAGES = 5  # the stages the tiny profiles lock (train_last_k: 2 of 7)
+MEMO_LIMIT = 200_000  # entries; the memo is cleared beyond this
+_MEMO: dict = {}
+
+
+@dataclass
+class Embedded:
+    """L2-normalised embeddings of one kind (a view or text) for the locations that have it."""
+
+    names: list[str]
+    vectors: np.ndarray  # (len(names), D) float32
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _memo_ok(model) -> bool:
+    return next(model.parameters()).device.type == "cpu"
+
+
+def _fingerprint(modules) -> str:
+    values = [t.detach().double().sum().item() for m in modules for t in [*m.parameters(), *m.buffers()]]
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
+
+
+def _memoised(keys: list, compute) -> list:
+    missing = [i for i, key in enumerate(keys) if key not in _MEMO]
+    if missing:
+        if len(_MEMO) + len(missing) > MEMO_LIMIT:
+            _MEMO.clear()
+            missing = list(range(len(keys)))
+        for i, value in zip(missing, compute(missing)):
+            _MEMO[keys[i]] = value
+    return [_MEMO[key] for key in keys]
+
+
+@torch.no_grad()
+def embed_visual(visual, paths: Sequence[Path], transform, batch_size: int = 64, num_workers: int = 0,
+                 progress: bool = True) -> torch.Tensor:
+    """(N, D) features of the images at ``paths`` through one image tower (``model.visual`` or a
+    GeoBridge view encoder); memoised for a towers image tower on the CPU."""
+    paths = [Path(p) for p in paths]
+    device = next(visual.parameters()).device
+    if device.type == "cpu" and stages.towers_visual(visual):
+        tag = ("image", _fingerprint(stages.stem_modules(visual, MEMO_STEM_STAGES)), repr(transform))
+        keys = [(*tag, str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+
+        def compute(missing):
+            todo = [paths[i] for i in missing]
+            maps = stages.run_batches(lambda b: stages.image_stem(visual, b, MEMO_STEM_STAGES),
+                                      image_batches(todo, transform, batch_size), "embed images",
+                                      progress=progress, total=-(-len(todo) // batch_size))
+            return list(maps.half())
+
+        maps = torch.stack(_memoised(keys, compute))
+        out = [stages.image_tail(visual, chunk.float(), MEMO_STEM_STAGES) for chunk in maps.split(batch_size)]
+        return F.normalize(torch.cat(out), dim=-1)
+    loader = DataLoader(Images(paths, transform), batch_size=batch_size, num_workers=num_workers)
+    out = []
+    for images in tqdm(loader, desc="embed images", disable=not progress, leave=False):
+        with _autocast(device):
+            out.append(F.normalize(visual(images.to(device)).float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def embed_images(model, paths: Sequence[Path], transform, batch_size: int = 64, num_workers: int = 0,
+                 progress: bool = True) -> torch.Tensor:
+    """(N, D) image features of a CLIP-style ``model`` (``model.visual``)."""
+    return embed_visual(model.visual, paths, transform, batch_size, num_workers, progress)
+
+
+@torch.no_grad()
+def embed_texts(model, texts: Sequence[str], tokenizer, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """(N, D) text features of a CLIP-style ``model`` (``encode_text``)."""
+    texts = list(texts)
+    if _memo_ok(model) and stages.towers_model(model):
+        tag = ("text", _fingerprint([model.text.transformer]), model.text.context_length)
+
+        def compute(missing):
+            tokens = tokenizer([texts[i] for i in missing])
+            return list(stages.pooled_by_length(model, tokens, batch_size, progress=progress, desc="embed texts"))
+
+        pooled = torch.stack(_memoised([(*tag, text) for text in texts], compute))
+        return F.normalize(model.text.proj(pooled), dim=-1)
+    device = next(model.parameters()).device
+    out = []
+    for start in tqdm(range(0, len(texts), batch_size), desc="embed texts", disable=not progress, leave=False):
+        tokens = tokenizer(texts[start : start + batch_size]).to(device)
+        with _autocast(device):
+            out.append(model.encode_text(tokens, normalize=True).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def embed_records(bridge, records: Sequence, transforms, tokenizer, kinds: Sequence[str] = (*GEOBRIDGE_VIEWS, TEXT),
+                  batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> dict[str, Embedded]:
+    """Each record's views (with GeoBridge's E_d, E_p, E_s) and text (E_t), for the kinds asked.
+
+    ``transforms``: view -> image transform; records lacking a kind are left out of that kind.
+    """
+    was_training = bridge.training
+    bridge.eval()
+    out: dict[str, Embedded] = {}
+    try:
+        for kind in kinds:
+            if kind == TEXT:
+                chosen = [r for r in records if getattr(r, "text", None)]
+                if chosen:
+                    features = embed_texts(bridge.text, [r.text for r in chosen], tokenizer, batch_size, progress)
+            else:
+                chosen = [r for r in records if kind in r.images]
+                if chosen:
+                    features = embed_visual(bridge.encoders[kind], [r.images[kind] for r in chosen],
+                                            transforms[kind], batch_size, num_workers, progress)
+            if chosen:
+                out[kind] = Embedded([r.name for r in chosen], features.float().numpy())
+    finally:
+        bridge.train(was_training)
+    return out
+
+
+def evaluate_model(
+    model, records: Sequence, view: str, transform, tokenizer,
+    scope: int | None = 100, batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+) -> ProtocolReport:
+    """The protocol's report for ``records`` (queries: their texts; gallery: their ``view``
+    tiles, one per place name)."""
+    gallery = one_per_name(records)
+    was_training = model.training
+    model.eval()
+    try:
+        tiles = embed_images(model, image_paths(gallery, view), transform, batch_size, num_workers, progress)
+        texts = [r.text for r in records]
+        queries = embed_texts(model, texts, tokenizer, batch_size, progress)
+    finally:
+        model.train(was_training)
+    similarity = queries @ tiles.T
+    return evaluate(similarity, [r.name for r in records], [r.name for r in gallery], scope=scope, texts=texts)
