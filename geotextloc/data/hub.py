@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
+from importlib import resources
 from pathlib import Path
 
 import datasets
@@ -30,7 +31,7 @@ from geotextloc.data.release import (IMAGE_KINDS, SPLITS, Record, ReleaseLayout,
 from geotextloc.errors import ConfigError, DataError, OfflineError
 from geotextloc.files import atomic_dir
 
-CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "cvg-text.md"
+CARD_TEMPLATE = resources.files("geotextloc.data") / "cards" / "cvg-text.md"  # package data
 ROWS_PER_SHARD = 5000
 SIZES = [("n<1K", 1e3), ("1K<n<10K", 1e4), ("10K<n<100K", 1e5), ("100K<n<1M", 1e6), ("n>1M", math.inf)]
 
@@ -69,10 +70,8 @@ def save_dataset(dd: datasets.DatasetDict, path: str | Path) -> Path:
 
 def _card(dd: datasets.DatasetDict, versions: list[str]) -> str:
     """The data card template with ``configs`` / ``dataset_info`` set to what is in ``dd``."""
-    meta, body = {}, "# CVG-Text (converted with geotextloc)\n"
-    if CARD_TEMPLATE.is_file():
-        _, front, body = CARD_TEMPLATE.read_text(encoding="utf-8").split("---\n", 2)
-        meta = yaml.safe_load(front)
+    _, front, body = CARD_TEMPLATE.read_text(encoding="utf-8").split("---\n", 2)
+    meta = yaml.safe_load(front)
     splits = list(dd)
 
     def data_files(folder: str) -> list[dict]:
