@@ -53,7 +53,7 @@ def test_profiles_load_with_typed_overrides(profile):
 def test_bad_configs_name_the_source(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: geotextloc-tiny\nviews: sat\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'views'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: unknown key 'views' \(did you mean 'view'\?\)"):
         load_config(path)
     with pytest.raises(ConfigError, match="view='street'"):
         load_config(CONFIGS / "tiny" / "crosstext2loc.yaml", ["view=street"])

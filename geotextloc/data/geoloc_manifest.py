@@ -26,7 +26,6 @@ without any image view.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -99,9 +98,9 @@ def _coordinate(row: dict, key: str, limit: float, where: str) -> float | None:
     value = row.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or abs(value) > limit:
-        raise DataError(f"{where}: {key}={value!r} is not a number of degrees in [-{limit:g}, {limit:g}]; fix the row")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= limit:  # NaN too
+        raise DataError(f"{where}: {key}={value!r:.40} is not a number of degrees in [-{limit:g}, {limit:g}]; "
+                        "fix the row")
     return float(value)
 
 
@@ -109,8 +108,9 @@ def parse_row(line: str, root: Path, region: str, split: str, where: str) -> Geo
     """One manifest line -> a record; DataError (naming ``where``) for a bad row."""
     try:
         row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{where}: not valid JSON ({err.msg}); fix or remove the line") from None
+    except (ValueError, RecursionError) as err:  # also: numbers too long to convert, nesting too deep
+        reason = getattr(err, "msg", None) or str(err).split(";")[0][:80]
+        raise DataError(f"{where}: not valid JSON ({reason}); fix or remove the line") from None
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}; write one object per line")
     name = row.get("name")
@@ -162,11 +162,15 @@ def read_geoloc(
             path = base / region / f"{split}.jsonl"
             if not path.is_file():
                 raise DataError(f"{path}: manifest not found; rebuild the dataset or read only the splits present")
-            with open(path, encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
+            with open(path, "rb") as f:
+                for number, raw in enumerate(f, 1):
+                    where = f"{path}:{number}"
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise DataError(f"{where}: not UTF-8 text; fix or remove the line") from None
                     if not line.strip():
                         continue
-                    where = f"{path}:{number}"
                     record = parse_row(line, image_root, region, split, where)
                     if record.name in seen:
                         raise DataError(f"{where}: name {record.name!r} already used at {seen[record.name]}; "

@@ -302,6 +302,9 @@ class _Reader:
         except (UnicodeDecodeError, OSError) as err:
             self.bad(str(path), f"cannot read it ({err})", "download the file again")
             return []
+        except (ValueError, RecursionError) as err:  # a number too long to convert, nesting too deep
+            self.bad(str(path), f"not an annotation file ({str(err).split(';')[0][:80]})", "download the file again")
+            return []
         if not isinstance(pairs, _Pairs):
             self.bad(str(path), f"expected a JSON object mapping image file name to description, "
                      f"got {type(pairs).__name__}", "replace it with the release's annotation file")

@@ -20,7 +20,7 @@ index: ``{"kind": "hashing-bow", "dim": 4096, "ngram": 1}`` (built in, below) or
 
 On disk, a folder (written to a temporary sibling, then renamed into place)::
 
-    meta.json        format, kind, params, dim, count, encoder
+    meta.json        format, kind, params, dim, count, encoder, sha256 (of the three files below)
     embeddings.npy   float32 (count x dim), L2-normalised
     records.jsonl    one JSON object per tile: name, lat, lon and any metadata
     index.faiss      the FAISS index
@@ -42,7 +42,7 @@ import numpy as np
 
 from geotextloc.data.release import parse_name
 from geotextloc.errors import ConfigError, DataError, GeotextlocError
-from geotextloc.files import atomic_dir
+from geotextloc.files import atomic_dir, file_sha256
 from geotextloc.eval.metrics import PAIRS_PER_CHUNK, half_angles, haversine_from_half_angles, scoped_ranking
 
 FORMAT = "geotextloc-gallery-index/1"
@@ -314,28 +314,101 @@ class GalleryIndex:
             (tmp / FILES["records"]).write_text(lines, encoding="utf-8")
             faiss.write_index(self.faiss_index, str(tmp / FILES["index"]))
             meta = {"format": FORMAT, "kind": self.kind, "params": self.params, "dim": self.embeddings.shape[1],
-                    "count": len(self), "encoder": self.encoder}
+                    "count": len(self), "encoder": self.encoder,
+                    "sha256": {FILES[key]: file_sha256(tmp / FILES[key]) for key in ("embeddings", "records", "index")}}
             (tmp / FILES["meta"]).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> GalleryIndex:
+        """Read an index folder, each file checked against ``meta.json`` (shapes, counts, and the
+        sha256 of each file where the index recorded them, before FAISS parses a byte); anything
+        missing, damaged or inconsistent is one DataError naming the folder."""
         path = Path(path)
         meta_file = path / FILES["meta"]
         if not meta_file.is_file():
             raise DataError(f"{path}: not a gallery index (no {FILES['meta']}); build one and save it there")
         try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
-            embeddings = np.load(path / FILES["embeddings"])
-            lines = (path / FILES["records"]).read_text(encoding="utf-8").splitlines()
-            records = [json.loads(line) for line in lines if line.strip()]
-            index = faiss.read_index(str(path / FILES["index"]))
+            meta = _read_meta(meta_file)
+            digests = meta.get("sha256", {})
+            for key in ("embeddings", "index"):  # the binary files, before they are parsed
+                _verify(path / FILES[key], digests)
+            embeddings = np.load(path / FILES["embeddings"], allow_pickle=False)
+            if not isinstance(embeddings, np.ndarray):
+                raise ValueError(f"{FILES['embeddings']} is not a single .npy array")
+            if embeddings.dtype != np.float32 or embeddings.shape != (meta["count"], meta["dim"]):
+                raise ValueError(f"{FILES['embeddings']} holds {embeddings.dtype} {embeddings.shape}, "
+                                 f"{FILES['meta']} says float32 ({meta['count']}, {meta['dim']})")
+            records = _read_records(path / FILES["records"])
+            try:
+                index = faiss.read_index(str(path / FILES["index"]))  # already of its concrete class
+            except RuntimeError:
+                raise ValueError(f"{FILES['index']} is not a readable FAISS index") from None
+            if not isinstance(index, KIND_CLASSES[meta["kind"]]) or index.d != meta["dim"] \
+                    or index.metric_type != faiss.METRIC_INNER_PRODUCT or not index.is_trained:
+                raise ValueError(f"{FILES['index']} is not a trained {meta['kind']} inner-product index "
+                                 f"of dim {meta['dim']}")
             if not (len(records) == len(embeddings) == index.ntotal == meta["count"]):
                 raise ValueError(f"{len(records)} records, {len(embeddings)} embeddings, {index.ntotal} indexed")
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            _verify(path / FILES["records"], digests)
+            return cls(embeddings, records, encoder=meta["encoder"], kind=meta["kind"], params=meta["params"],
+                       _faiss_index=index)
+        except (OSError, EOFError, ValueError, RecursionError, GeotextlocError) as err:  # JSON, NumPy: ValueError
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise DataError(f"{path}: broken gallery index ({reason}); rebuild it") from None
-        return cls(embeddings, records, encoder=meta["encoder"], kind=meta["kind"], params=meta["params"],
-                   _faiss_index=index)
+
+
+KIND_CLASSES = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSWFlat, "ivf": faiss.IndexIVFFlat}
+
+
+def _read_meta(file: Path) -> dict[str, Any]:
+    """``meta.json``, every entry checked (ValueError naming the first bad one)."""
+    meta = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"{file.name} holds a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+    missing = [key for key in ("kind", "params", "dim", "count", "encoder") if key not in meta]
+    if missing:
+        raise ValueError(f"{file.name} has no {missing[0]!r}")
+    kind, params = meta["kind"], meta["params"]
+    if kind not in DEFAULT_PARAMS:
+        raise ValueError(f"unknown kind {kind!r} in {file.name}; expected one of {', '.join(DEFAULT_PARAMS)}")
+    if not isinstance(params, dict) or set(params) - set(DEFAULT_PARAMS[kind]) or not all(
+            v is None or (type(v) is int and v > 0) for v in params.values()):
+        raise ValueError(f"bad params {params!r:.80} for kind {kind!r} in {file.name}")
+    for key in ("dim", "count"):
+        if type(meta[key]) is not int or meta[key] < 1:
+            raise ValueError(f"{key}={meta[key]!r:.40} in {file.name}; expected a positive integer")
+    encoder = meta["encoder"]
+    if encoder is not None and not (isinstance(encoder, dict) and isinstance(encoder.get("kind"), str)):
+        raise ValueError(f"encoder {encoder!r:.80} in {file.name} is not null or a spec with a 'kind'")
+    digests = meta.get("sha256", {})
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise ValueError(f"bad sha256 entry in {file.name}")
+    return meta
+
+
+def _verify(file: Path, digests: Mapping[str, str]) -> None:
+    """ValueError if ``file`` is missing or differs from the sha256 recorded for it (if any)."""
+    if not file.is_file():
+        raise ValueError(f"{file.name} is missing")
+    if file.name in digests and file_sha256(file) != digests[file.name]:
+        raise ValueError(f"{file.name} does not match the sha256 in {FILES['meta']} (damaged or replaced)")
+
+
+def _read_records(file: Path) -> list[dict[str, Any]]:
+    """The JSON objects of ``records.jsonl``, one per non-empty line (ValueError naming a bad line)."""
+    records = []
+    with open(file, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise ValueError(f"{file.name} line {number} is not JSON (truncated?)") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{file.name} line {number} is a JSON {type(record).__name__}, not an object")
+            records.append(record)
+    return records

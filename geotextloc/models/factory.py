@@ -204,13 +204,15 @@ def from_checkpoint(path: str, name: str | None = None, context_length: int | No
     is the training config dict, or None for a bare state dict.
     """
     obj = checkpoints.read_checkpoint(path)
-    config = obj.get("config") if isinstance(obj, dict) else None
+    config = checkpoints.saved_config(obj, path)
     state = checkpoints.read_state_dict(path, obj)
-    if isinstance(config, dict):
-        built = create(config["model"], None, config["context_length"], config["epe"],
-                       device=device, image_size=config.get("image_size"))
+    if config is not None:
+        try:
+            built = create(config["model"], None, config["context_length"], config["epe"],
+                           device=device, image_size=config.get("image_size"))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: its config does not build a model: {err}") from None
     else:
-        config = None
         n = context_length or checkpoints.text_positions(state)
         built = create(name or OFFICIAL_MODEL, None, n, device=device)
     checkpoints.load_state(built[0], state, path)

@@ -12,13 +12,16 @@ model, no augmentation) the frozen parts run once over the training set:
 
 The trainable parameters are the model's own (:class:`CachedTowers` only routes cached inputs
 through them), so checkpoints, evaluation and search use the whole model unchanged. Caches
-are stored as safetensors under ``feature_cache`` keyed by a hash of everything they depend on.
+are stored as safetensors under ``feature_cache`` keyed by a hash of everything they depend on,
+each with the sha256 of its bytes; a cache file that fails its checks (shape, finite values,
+checksum, readability) is recomputed and replaced, with a warning, never used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -27,11 +30,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from geotextloc.data.images import image_batches
-from geotextloc.errors import ConfigError
+from geotextloc.errors import ConfigError, DataError
 from geotextloc.models.stages import (
     TOWERS_ONLY, image_stem, image_tail, pooled_by_length, run_batches, split_stage, tail_modules, towers_visual,
 )
 from geotextloc.files import atomic_path
+from geotextloc.models.checkpoints import payload_digest
+
+log = logging.getLogger(__name__)
 
 
 def lock(model: nn.Module, k: int) -> None:
@@ -81,17 +87,62 @@ def cache_key(cfg, part: str, items) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _load_or_make(path: Path | None, make) -> torch.Tensor:
-    from safetensors.torch import load_file, save_file
+def _load_or_make(path: Path | None, make, shape: tuple[int, ...]) -> torch.Tensor:
+    """The tensor cached in ``path`` if the file is sound, else ``make()``, saved there (temp file
+    and rename) with the sha256 of its bytes in the file's metadata.
+
+    Sound: a safetensors file holding one tensor ``x`` of ``shape``, all finite, matching its
+    sha256 (files from before the checksum: the other checks). A cache is derived data, so an
+    unsound file (unreadable, truncated, stale, mis-shaped, damaged) is a miss: it is recomputed
+    and replaced, with one warning line naming it; it is never used.
+    """
+    from safetensors.torch import save_file
 
     if path is not None and path.is_file():
-        return load_file(str(path))["x"]
+        x, problem = _read_cache(path, shape)
+        if problem is None:
+            return x
+        log.warning("%s: feature cache unusable (%s); recomputing it", path, problem)
     x = make()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file({"x": x.contiguous()}, str(tmp))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                save_file({"x": x.contiguous()}, str(tmp), metadata={"sha256": payload_digest({"x": x})})
+        except OSError as err:
+            raise DataError(f"{path}: cannot write the feature cache ({err.strerror or err}); "
+                            "point feature_cache at a writable folder or set it to null") from None
     return x
+
+
+def _read_cache(path: Path, shape: tuple[int, ...]) -> tuple[torch.Tensor | None, str | None]:
+    """(tensor, None) from a sound cache file, else (None, what is wrong with it)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            names, metadata = list(f.keys()), f.metadata() or {}
+            if names != ["x"]:
+                return None, f"holds {names[:3]} instead of one tensor 'x'"
+            x = f.get_tensor("x")
+    except Exception:  # safetensors raises its own error types for truncated or foreign files
+        return None, "not a readable safetensors file"
+    if tuple(x.shape) != tuple(shape):
+        return None, f"shape {tuple(x.shape)}, expected {tuple(shape)}"
+    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+        return None, "not finite floating-point values"
+    if "sha256" in metadata and metadata["sha256"] != payload_digest({"x": x}):
+        return None, "its bytes do not match the checksum saved with it"
+    return x, None
+
+
+def _stem_shape(visual: nn.Module, start: int) -> tuple[int, ...]:
+    """Shape of one tile's stem maps: the locked stages run on one blank tile of the input size."""
+    size = visual.preprocess_cfg["size"]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    blank = torch.zeros(1, 3, *size, device=next(visual.parameters()).device)
+    with torch.no_grad():
+        return tuple(image_stem(visual, blank, start).shape[1:])
 
 
 def cached_pairs(cfg, model: nn.Module, pairs, dtype=None, batch_size: int = 64,
@@ -114,10 +165,11 @@ def cached_pairs(cfg, model: nn.Module, pairs, dtype=None, batch_size: int = 64,
     maps = _load_or_make(image_file, lambda: run_batches(
         lambda b: image_stem(model.visual, b, start), image_batches(unique, pairs.transform, batch_size),
         "cache image features", dtype, progress,
-        total=-(-len(unique) // batch_size)).half())
+        total=-(-len(unique) // batch_size)).half(), (len(unique), *_stem_shape(model.visual, start)))
     tokens = pairs.tokenizer(pairs.texts)
     pooled = _load_or_make(text_file, lambda: pooled_by_length(model, tokens, batch_size, dtype, progress,
-                                                               "cache text features"))
+                                                               "cache text features"),
+                           (len(pairs.texts), model.text.transformer.config.hidden_size))
     return TensorDataset(maps[index], pooled)
 
 
@@ -213,12 +265,14 @@ def cached_quadruples(cfg, bridge: nn.Module, quads, dtype=None, batch_size: int
         file = folder / f"image-{view}-{cache_key(cfg, f'image-{view}', unique)}.safetensors" if folder else None
         maps[view] = _load_or_make(file, lambda: run_batches(
             lambda b: image_stem(encoder, b, start), image_batches(unique, quads.transforms[view], batch_size),
-            f"cache {view} features", dtype, progress, total=-(-len(unique) // batch_size)).half())
+            f"cache {view} features", dtype, progress, total=-(-len(unique) // batch_size)).half(),
+            (len(unique), *_stem_shape(encoder, start)))
     texts = [r.text or "" for r in quads.records]
     text_file = folder / f"text-{cache_key(cfg, 'text', texts)}.safetensors" if folder else None
     tokens = quads.tokenizer(texts)
     pooled = _load_or_make(text_file, lambda: pooled_by_length(bridge.text, tokens, batch_size, dtype, progress,
-                                                               "cache text features"))
+                                                               "cache text features"),
+                           (len(texts), bridge.text.text.transformer.config.hidden_size))
     return CachedQuadruples(maps, index, pooled, torch.tensor([bool(t) for t in texts]))
 
 

@@ -397,8 +397,9 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
     start_epoch, step, best_r1 = 0, 0, -1.0
     if cfg.resume and last.exists():
         start_epoch, step, best_r1 = restore(last, cfg, model, optimizer, scheduler, scaler, rank)
-    if rank == 0:
+    if rank == 0:  # nothing goes into out_dir before the data, the model and last.pt passed their checks
         out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())  # the resolved config, readable back with --config
         keep_metrics_before(metrics, start_epoch)
 
     done, stale = start_epoch, _stale_evaluations(metrics, best_r1) if start_epoch else 0
