@@ -118,7 +118,7 @@ def test_missing_views_shrink_queries_and_gallery_and_no_coordinates_means_no_sc
 def test_evaluate_multiview_embeds_each_view_with_its_encoder(tmp_path):
     from geotextloc.models import factory
     from geotextloc.models.geobridge import GeoBridge
-    from geotextloc.train.data import view_transforms
+    from geotextloc.models.geobridge import view_transforms
 
     make_geoloc(tmp_path, n_train=0, n_test=12, size=32)
     records = read_geoloc(tmp_path, splits=["test"])

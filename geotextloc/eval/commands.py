@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     build = subparsers.add_parser(
         "index",
         help="embed a release version's tiles with a checkpoint into a gallery index (for search)",
+        description="Either paper's checkpoint: a GeoBridge checkpoint embeds the tiles with its satellite "
+        "encoder (--view sat) and the queries with its shared text tower.",
     )
     build.add_argument("--checkpoint", required=True, help="a training checkpoint (best.pt) or released weights")
     build.add_argument("--model", help="open_clip name for a bare state dict (default: the paper's ViT-L-14-336)")
@@ -79,7 +81,7 @@ def run_index(args: argparse.Namespace) -> int:
     splits = args.split or ["train", "test"]
     records = {r.name: r for r in reversed(read_release(args.data, versions=[args.version], splits=splits).records)}
     tiles = sorted(records.values(), key=lambda r: r.name)
-    model, _, preprocess, _, _ = from_checkpoint(args.checkpoint, name=args.model, device=args.device)
+    model, _, preprocess, _, _ = from_checkpoint(args.checkpoint, name=args.model, device=args.device, view=args.view)
     model.eval()
     features = embed_images(model, image_paths(tiles, args.view), preprocess)
     meta = [{"name": r.name, "lat": r.lat, "lon": r.lon, "version": r.version, "split": r.split} for r in tiles]

@@ -69,8 +69,9 @@ def run_explain(args: argparse.Namespace) -> int:
             cached.is_dir() and any(cached.rglob("*.json"))):
         raise ConfigError("OPENAI_API_KEY is not set (and no cached LMM answers in "
                           f"{cached}): export it, or use --explainer offline")
-    model, _, preprocess, tokenizer, config = from_checkpoint(args.checkpoint, device=args.device)
-    view = VIEWS[args.view] if args.view else (config or {}).get("view")
+    asked = VIEWS[args.view] if args.view else None
+    model, _, preprocess, tokenizer, config = from_checkpoint(args.checkpoint, device=args.device, view=asked)
+    view = asked or (config or {}).get("view")
     if view is None:
         raise ConfigError(f"{args.checkpoint}: the file does not say its view; pass --view osm|satellite")
     version = args.version or ((config or {}).get("versions") or [None])[0]

@@ -195,13 +195,17 @@ def _trim_trailing_padding(module: nn.Module, args):
 OFFICIAL_MODEL = "ViT-L-14-336-quickgelu"  # released CrossText2Loc weights: OpenAI CLIP-L/14@336
 
 
-def from_checkpoint(path: str, name: str | None = None, context_length: int | None = None, device: str = "cpu"):
+def from_checkpoint(path: str, name: str | None = None, context_length: int | None = None, device: str = "cpu",
+                    view: str | None = None):
     """(model, preprocess_train, preprocess_val, tokenizer, config) from a checkpoint file.
 
     Our training checkpoints (``last.pt``/``best.pt``) carry their config, which rebuilds the
-    model; a bare state dict (the released CrossText2Loc weights) is loaded into ``name``
-    (default ViT-L/14@336 with QuickGELU) at its own number of text positions. ``config``
-    is the training config dict, or None for a bare state dict.
+    model of either paper: a CrossText2Loc CLIP model, or a GeoBridge seen as a CLIP model of
+    one image ``view`` (:class:`~geotextloc.models.geobridge.OneView`: ``sat``/``satellite``
+    (default), ``drone`` or ``street``; its text tower is the shared one), so every CLIP-based
+    command works on both. A bare state dict (the released CrossText2Loc weights) is loaded
+    into ``name`` (default ViT-L/14@336 with QuickGELU) at its own number of text positions.
+    ``config`` is the training config dict, or None for a bare state dict.
     """
     obj = checkpoints.read_checkpoint(path)
     config = checkpoints.saved_config(obj, path)
@@ -212,11 +216,30 @@ def from_checkpoint(path: str, name: str | None = None, context_length: int | No
                            device=device, image_size=config.get("image_size"))
         except ConfigError as err:
             raise ConfigError(f"{path}: its config does not build a model: {err}") from None
+        if config.get("task") == "geobridge":
+            return (*_geobridge_view(path, built, state, view), config)
     else:
         n = context_length or checkpoints.text_positions(state)
         built = create(name or OFFICIAL_MODEL, None, n, device=device)
     checkpoints.load_state(built[0], state, path)
     return (*built, config)
+
+
+def _geobridge_view(path, built, state, view: str | None):
+    """(OneView, train transform, val transform, tokenizer) of a GeoBridge checkpoint's ``view``."""
+    from geotextloc.models.geobridge import GeoBridge, OneView, view_transforms
+    from geotextloc.views import GEOBRIDGE_VIEWS, image_kind
+
+    kind = image_kind(view or "sat")
+    if kind not in GEOBRIDGE_VIEWS:
+        raise ConfigError(f"{path}: a GeoBridge model embeds {', '.join(GEOBRIDGE_VIEWS)} images, not {view!r}; "
+                          "pass --view sat (satellite), drone or street")
+    model, preprocess_train, preprocess_val, tok = built
+    size = model.visual.preprocess_cfg["size"]
+    bridge = GeoBridge(model)
+    checkpoints.load_state(bridge, state, path)
+    return (OneView(bridge, kind).eval(), view_transforms(preprocess_train, size)[kind],
+            view_transforms(preprocess_val, size)[kind], tok)
 
 
 def transforms(model: nn.Module):

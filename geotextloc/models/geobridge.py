@@ -124,6 +124,50 @@ class GeoBridge(nn.Module):
             self.text.transformer.grad_checkpointing = enable
 
 
+class OneView(nn.Module):
+    """A GeoBridge seen as a CLIP model of one image view: ``encode_image`` is E_view (and
+    ``visual`` that encoder), everything else (``encode_text``, the text tower, ``logit_scale``)
+    is E_t's. Every CLIP-based tool (evaluation, gallery index, search, relevance maps, ERM)
+    then works on a GeoBridge checkpoint for the view asked."""
+
+    def __init__(self, bridge: GeoBridge, view: str):
+        super().__init__()
+        _check_view(view)
+        self.bridge, self.view = bridge, view
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.bridge.encoders[self.view]
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.bridge.encode(self.view, images, normalize=normalize)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.bridge.encode_text(tokens, normalize=normalize)
+
+    def forward(self, images: torch.Tensor | None = None, text: torch.Tensor | None = None):
+        image = self.encode_image(images, normalize=True) if images is not None else None
+        txt = self.encode_text(text, normalize=True) if text is not None else None
+        return image, txt, self.bridge.temperature_scale()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.bridge.text, name)
+
+
+def view_transforms(transform, image_size: int | tuple[int, int]) -> dict:
+    """Per-view input transforms: drone and satellite tiles use ``transform`` as is; the street
+    panorama (2:1) is first squashed to the square input, so the whole 360° stays in view
+    (open_clip's crops would cut away a third of it)."""
+    from torchvision.transforms import Compose, InterpolationMode, Resize
+
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    street = Compose([Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True), transform])
+    return {DRONE: transform, STREET: street, SATELLITE: transform}
+
+
 def info_nce(
     z_u: torch.Tensor, z_v: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 ) -> torch.Tensor | None:

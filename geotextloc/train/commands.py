@@ -3,6 +3,7 @@
     geotextloc train --config configs/tiny/crosstext2loc.yaml [--resume] [key=value ...]
     torchrun --nproc_per_node 4 -m geotextloc train --config configs/paper/crosstext2loc.yaml
     geotextloc evaluate --checkpoint runs/tiny/best.pt --data data/embedded --city Helsinki --view sat
+    geotextloc evaluate --checkpoint runs/tiny/geobridge/best.pt --data data/embedded   # every GeoBridge direction
 """
 
 from __future__ import annotations
@@ -22,11 +23,17 @@ def register(subparsers) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=3")
     p.set_defaults(func=run_train)
 
-    p = subparsers.add_parser("evaluate", help="embed a city's test split and run the CVG-Text protocol")
+    p = subparsers.add_parser(
+        "evaluate", help="embed a city's test split and run the CVG-Text protocol (either paper's checkpoint)",
+        description="CrossText2Loc checkpoints: text -> tile of --view on --city's test split. GeoBridge "
+        "checkpoints: the same with their satellite (or --view drone/street) encoder when --city is given, "
+        "else every retrieval direction (D2S ... T2S) on the GeoLoc manifest's test split under --data.")
     p.add_argument("--checkpoint", required=True, help="our best.pt/last.pt or released CrossText2Loc weights")
-    p.add_argument("--data", required=True, help="release root (the folder holding CVG-text/)")
-    p.add_argument("--city", required=True, help="city/region, e.g. NewYork or Helsinki")
-    p.add_argument("--view", choices=("sat", "osm"), help="gallery view (default: the checkpoint's)")
+    p.add_argument("--data", required=True, help="release root (the folder holding CVG-text/ and/or geoloc/)")
+    p.add_argument("--city", help="city/region, e.g. NewYork or Helsinki (required but for GeoBridge's all-directions run)")
+    p.add_argument("--regions", help="GeoBridge, all directions: comma-separated GeoLoc regions (default: all)")
+    p.add_argument("--view", choices=("sat", "osm", "drone", "street"),
+                   help="gallery view (default: the checkpoint's; GeoBridge: sat, drone or street)")
     p.add_argument("--version", help="release version (default: <city>-mixed, else <city>)")
     p.add_argument("--model", help="open_clip name for bare state dicts (default ViT-L-14-336-quickgelu)")
     p.add_argument("--context-length", type=int, help="text positions for bare state dicts (default: the file's)")
@@ -74,8 +81,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from geotextloc.eval.embed import evaluate_model
 
     device, _, _ = setup_distributed(args.device)
+    if args.city is None:
+        return evaluate_directions(args, str(device))
     model, _, preprocess, tokenizer, config = from_checkpoint(
-        args.checkpoint, args.model, args.context_length, device=str(device)
+        args.checkpoint, args.model, args.context_length, device=str(device), view=args.view
     )
     view = args.view or (config or {}).get("view")
     if view is None:
@@ -96,4 +105,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"{version} text -> {view} (scope {args.scope}, {len(test)} queries)")
     print(report)
     print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}-queries.csv'}")
+    return 0
+
+
+def evaluate_directions(args: argparse.Namespace, device: str) -> int:
+    """``geotextloc evaluate`` of a GeoBridge checkpoint without --city: every direction."""
+    from geotextloc.data.geoloc_manifest import read_geoloc
+    from geotextloc.eval.multiview import evaluate_multiview
+    from geotextloc.files import atomic_write_text
+    from geotextloc.train.loop import load_checkpoint
+
+    model, preprocess, tokenizer, cfg = load_checkpoint(args.checkpoint, device)
+    if cfg.task != "geobridge":
+        raise ConfigError(f"{args.checkpoint}: a {cfg.task} checkpoint needs --city (the release's city to evaluate)")
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()] if args.regions else None
+    test = [r for r in read_geoloc(args.data, regions) if r.split == "test"]
+    if not test:
+        raise DataError(f"{args.data}: the GeoLoc manifest has no test locations"
+                        f"{' in ' + args.regions if args.regions else ''}")
+    report = evaluate_multiview(model, test, preprocess, tokenizer, scope=args.scope, batch_size=args.batch_size)
+    out = Path(args.out or Path(args.checkpoint).parent / "eval")
+    atomic_write_text(out / "directions.json", json.dumps(
+        {"checkpoint": str(args.checkpoint), "regions": regions, "scope": args.scope, **report.to_dict()}, indent=2))
+    report.to_csv(out / "directions-queries.csv")
+    print(f"GeoBridge ({cfg.mode}), {len(test)} test locations, every direction")
+    print(report)
+    print(f"wrote {out / 'directions.json'} and {out / 'directions-queries.csv'}")
     return 0

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import Compose, InterpolationMode, Resize
 from tqdm.auto import tqdm
 
 from geotextloc.data.images import Images, image_paths, load_image  # noqa: F401 (the names train uses)
@@ -74,15 +73,6 @@ def drop_tokens(tokens: torch.Tensor, p: float, generator: torch.Generator | Non
     # stable partition: kept tokens first, in order; then zeros
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
     return torch.where(torch.gather(keep, 1, order), torch.gather(tokens, 1, order), torch.zeros_like(tokens))
-
-
-def view_transforms(transform, image_size: int | tuple[int, int]) -> dict:
-    """Per-view transforms for GeoBridge: drone and satellite tiles use ``transform`` as is;
-    the street panorama (2:1) is first squashed to the square input, so the whole 360° stays
-    in view (open_clip's crops would cut away a third of it)."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    street = Compose([Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True), transform])
-    return {"drone": transform, "street": street, "satellite": transform}
 
 
 class Quadruples(Dataset):

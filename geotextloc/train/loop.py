@@ -42,7 +42,8 @@ from geotextloc.files import atomic_write_text
 from geotextloc.models import checkpoints, factory
 from geotextloc.models.epe import init_text_positions
 from geotextloc.train.config import TrainConfig
-from geotextloc.train.data import Pairs, Quadruples, drop_tokens, validation_split, view_transforms
+from geotextloc.models.geobridge import view_transforms
+from geotextloc.train.data import Pairs, Quadruples, drop_tokens, validation_split
 from geotextloc.train.losses import contrastive_loss
 from geotextloc.eval.embed import evaluate_model
 
@@ -192,7 +193,7 @@ def build_model(cfg: TrainConfig, device: str = "cpu"):
     crosstext2loc: the open_clip model (last ``train_last_k`` blocks trainable). geobridge: a
     :class:`~geotextloc.models.geobridge.GeoBridge` over the same open_clip model (towers
     frozen likewise; the text tower entirely in image-only mode), and the preprocess values
-    are {view: transform} (:func:`geotextloc.train.data.view_transforms`).
+    are {view: transform} (:func:`geotextloc.models.geobridge.view_transforms`).
     """
     model, preprocess_train, preprocess_val, tokenizer = factory.create(
         cfg.model, cfg.pretrained, cfg.context_length, cfg.epe, device=device, image_size=cfg.image_size
