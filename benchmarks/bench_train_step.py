@@ -40,6 +40,7 @@ from geotextloc.models import factory
 from geotextloc.train import loop
 from geotextloc.train.config import from_dict
 from geotextloc.train.losses import contrastive_loss
+from geotextloc.train.tasks import bridge_loss, pair_loss
 
 # Dense bf16 peak TFLOP/s of common GPUs (no sparsity); pass --peak-tflops for others.
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0,
@@ -111,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.task == "geobridge":
         from geotextloc.models.geobridge import VIEWS, GeoBridgeLoss
 
-        loss_fn = GeoBridgeLoss("fused")
+        loss_fn = bridge_loss(GeoBridgeLoss("fused"))
         images = {v: torch.randn(args.batch_size, 3, h, w, device=device) for v in VIEWS}
         masks = {k: torch.ones(args.batch_size, dtype=torch.bool, device=device) for k in (*VIEWS, "text")}
     else:
-        loss_fn = contrastive_loss()
+        loss_fn = pair_loss(contrastive_loss())
         images, masks = torch.randn(args.batch_size, 3, h, w, device=device), None
 
     def step(b: int | None = None) -> None:

@@ -36,6 +36,7 @@ def one_step(rank: int, world: int, gather_with_grad: bool = True) -> dict:
     from geotextloc.models import factory
     from geotextloc.train import loop
     from geotextloc.train.losses import contrastive_loss
+    from geotextloc.train.tasks import pair_loss
 
     torch.manual_seed(0)
     model = factory.create("geotextloc-tiny", context_length=CONTEXT, image_size=IMAGE)[0]
@@ -47,7 +48,7 @@ def one_step(rank: int, world: int, gather_with_grad: bool = True) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, loop.cosine_schedule(0, 10))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss = loop.train_step(wrapped, contrastive_loss(rank, world, gather_with_grad), images[shard],
+    loss = loop.train_step(wrapped, pair_loss(contrastive_loss(rank, world, gather_with_grad)), images[shard],
                            texts[shard], optimizer, scheduler, scaler, None)
     return {
         "loss": loss,

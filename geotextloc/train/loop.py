@@ -1,5 +1,5 @@
 """Training for CrossText2Loc and GeoBridge: DDP, AMP, Adam + cosine schedule, atomic
-checkpoints, exact resume. ``cfg.task`` picks the model; everything else is shared.
+checkpoints, exact resume, for either paper (``cfg.task``; see below).
 
 One process (``geotextloc train --config ...``) or N under torchrun
 (``torchrun --nproc_per_node N -m geotextloc train --config ...``: NCCL on GPUs, gloo on CPU).
@@ -11,14 +11,10 @@ writes ``last.pt``
 ``last.pt`` exactly: the sampler order is a function of (seed, epoch) and the RNG states are
 restored, so the losses equal an uninterrupted run's.
 
-- ``crosstext2loc``: (tile of ``cfg.view``, text) pairs from the release, open_clip's
-  ``ClipLoss``; evaluated with the CVG-Text protocol; score = R@1 of the selection split.
-- ``geobridge``: (drone, street, satellite, text) quadruples from the GeoLoc manifest,
-  :class:`~geotextloc.models.geobridge.GeoBridge` + ``GeoBridgeLoss(cfg.mode)``; a missing view
-  is a False mask (every rank passes the same keys and per-rank batch size); in ``image-only``
-  mode the text tower is frozen (no gradients reach it; the temperature still trains);
-  evaluated in every direction (:mod:`geotextloc.eval.multiview`); score = mean R@1 of the six
-  image directions.
+The loop knows no task: ``cfg.task`` picks a :mod:`geotextloc.train.tasks` class, which
+supplies the records, model, dataset, cached inputs, batches, loss and evaluation score of
+CrossText2Loc (text -> tile, score R@1) or GeoBridge (drone, street, satellite, text; score
+mean R@1 of the six image directions).
 """
 
 from __future__ import annotations
@@ -39,13 +35,10 @@ from tqdm.auto import tqdm
 
 from geotextloc.errors import ConfigError, DataError
 from geotextloc.files import atomic_write_text
-from geotextloc.models import checkpoints, factory
-from geotextloc.models.epe import init_text_positions
+from geotextloc.models import checkpoints
 from geotextloc.train.config import TrainConfig
-from geotextloc.models.geobridge import view_transforms
-from geotextloc.train.data import Pairs, Quadruples, drop_tokens, validation_split
-from geotextloc.train.losses import contrastive_loss
-from geotextloc.eval.embed import evaluate_model
+from geotextloc.train.data import validation_split
+from geotextloc.train.tasks import task_of
 
 # Config keys that change the trajectory: a resumed run must use the saved values.
 TRAJECTORY_KEYS = ("task", "model", "pretrained", "epe", "context_length", "image_size", "train_last_k",
@@ -85,14 +78,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_last_k(model, k: int | None) -> None:
-    """Freeze all but the last k blocks of each tower (their final norm, projection and the
-    temperature stay trainable), using open_clip's tower locks."""
-    if k is not None:
-        model.lock_image_tower(unlocked_groups=k + 1)  # groups: ..., last block + ln_post, proj
-        model.lock_text_tower(unlocked_layers=k + 1)  # groups: ..., last block + ln_final, proj
-
-
 def cosine_schedule(warmup: int, total: int):
     """LR factor at step t: (t+1)/warmup while t < warmup, then
     1/2 * (1 + cos(pi * (t - warmup) / (total - warmup)))."""
@@ -110,20 +95,13 @@ def unwrap(model):
 def train_step(model, loss_fn, images, texts, optimizer, scheduler, scaler, dtype, masks=None) -> torch.Tensor:
     """One optimisation step on this rank's batch; returns this rank's loss (detached).
 
-    CrossText2Loc: ``images`` a tensor, ``loss_fn(image_features, text_features, logit_scale)``.
-    GeoBridge: ``images`` {view: tensor}, ``texts`` tokens or None (image-only), ``masks``
-    {view | "text": bool tensor}, ``loss_fn(features, logit_scale, masks)``.
+    ``loss_fn(model, images, texts, masks)`` is the task's loss
+    (:func:`geotextloc.train.tasks.pair_loss`, :func:`~geotextloc.train.tasks.bridge_loss`).
     """
-    geobridge = isinstance(images, dict)
-    device = next(iter(images.values())).device if geobridge else images.device
+    device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     with autocast:
-        if geobridge:
-            features = model(images, texts)
-            loss = loss_fn(features, features["logit_scale"], masks)
-        else:
-            image_features, text_features, logit_scale = model(images, texts)[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
+        loss = loss_fn(model, images, texts, masks)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -173,63 +151,18 @@ def _stale_evaluations(metrics: Path, best: float) -> int:
 
 
 def load_records(cfg: TrainConfig) -> tuple[list, list]:
-    """(train, test) records under ``cfg.data_root``: the release's ``cfg.versions``
-    (crosstext2loc) or the GeoLoc manifest's ``cfg.regions`` (geobridge)."""
-    if cfg.task == "geobridge":
-        from geotextloc.data.geoloc_manifest import read_geoloc
-
-        records = read_geoloc(cfg.data_root, cfg.regions)
-    else:
-        from geotextloc.data.release import read_release
-
-        records = read_release(cfg.data_root, versions=cfg.versions).records
-    train, test = [r for r in records if r.split == "train"], [r for r in records if r.split == "test"]
-    return train[: cfg.train_limit or None], test[: cfg.test_limit or None]
+    """(train, test) records under ``cfg.data_root`` for ``cfg.task`` (:mod:`geotextloc.train.tasks`)."""
+    return task_of(cfg).records(cfg)
 
 
 def build_model(cfg: TrainConfig, device: str = "cpu"):
-    """(model, preprocess_train, preprocess_val, tokenizer) for ``cfg.task``, ready to train.
-
-    crosstext2loc: the open_clip model (last ``train_last_k`` blocks trainable). geobridge: a
-    :class:`~geotextloc.models.geobridge.GeoBridge` over the same open_clip model (towers
-    frozen likewise; the text tower entirely in image-only mode), and the preprocess values
-    are {view: transform} (:func:`geotextloc.models.geobridge.view_transforms`).
-    """
-    model, preprocess_train, preprocess_val, tokenizer = factory.create(
-        cfg.model, cfg.pretrained, cfg.context_length, cfg.epe, device=device, image_size=cfg.image_size
-    )
-    if cfg.pretrained is None:
-        init_text_positions(model, cfg.text_pos_init)
-    if cfg.task != "geobridge":
-        if not cfg.cache_features:  # else geotextloc.train.cached.lock freezes the towers
-            train_last_k(model, cfg.train_last_k)
-        if cfg.grad_checkpointing:
-            model.set_grad_checkpointing(True)
-        return model, preprocess_train, preprocess_val, tokenizer
-    from geotextloc.models.geobridge import GeoBridge
-
-    size = model.visual.preprocess_cfg["size"]
-    model = GeoBridge(model, unlocked_blocks=None if cfg.cache_features else cfg.train_last_k)
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    if cfg.mode == "image-only":  # L_img never reaches E_t: freeze it (DDP needs no unused-parameter search)
-        for name, p in model.text.named_parameters():
-            p.requires_grad_(name == "logit_scale")
-    return model, view_transforms(preprocess_train, size), view_transforms(preprocess_val, size), tokenizer
+    """(model, preprocess_train, preprocess_val, tokenizer) for ``cfg.task``, ready to train."""
+    return task_of(cfg).build(cfg, device)
 
 
 def evaluate_split(cfg: TrainConfig, model, records, preprocess_val, tokenizer):
-    """(report, score) on ``records``: the CVG-Text protocol and its R@1 (crosstext2loc) or
-    every GeoBridge direction and the mean R@1 of the six image directions (geobridge)."""
-    if cfg.task == "geobridge":
-        from geotextloc.eval.multiview import evaluate_multiview
-
-        report = evaluate_multiview(model, records, preprocess_val, tokenizer, scope=cfg.eval_scope,
-                                    batch_size=cfg.eval_batch_size)
-        return report, report.score
-    report = evaluate_model(model, records, cfg.view, preprocess_val, tokenizer,
-                            scope=cfg.eval_scope, batch_size=cfg.eval_batch_size)
-    return report, report.to_dict()["overall"]["R@1"]
+    """(report, score) of ``model`` on ``records``, as ``cfg.task`` evaluates."""
+    return task_of(cfg).evaluate(cfg, model, records, preprocess_val, tokenizer)
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):
@@ -341,42 +274,24 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {world} processes")
 
+    task = task_of(cfg)
     if train_records is None:  # read (and check) the data before building a large model
-        train_records, test_records = load_records(cfg)
+        train_records, test_records = task.records(cfg)
     select_records, select_split = test_records, "test"  # the paper's rule
     if cfg.val_share:
         train_records, select_records = validation_split(train_records, cfg.val_share, VAL_SEED)
         select_split = "val"
-    geobridge = cfg.task == "geobridge"
-    if geobridge and cfg.missing_share:
-        from geotextloc.data.geoloc_manifest import drop_view
-
-        train_records = drop_view(train_records, cfg.missing_view, cfg.missing_share, cfg.seed)
+    train_records = task.prepare(cfg, train_records)
     seed_everything(cfg.seed)  # same initial model on every rank
-    model, preprocess_train, preprocess_val, tokenizer = build_model(cfg, str(device))
+    model, preprocess_train, preprocess_val, tokenizer = task.build(cfg, str(device))
     seed_everything(cfg.seed + rank)
     transform = preprocess_train if cfg.augment else preprocess_val
-    if geobridge:
-        size = model.encoders["drone"].preprocess_cfg["size"]
-        pairs = Quadruples(train_records, transform, tokenizer, size)
-    else:
-        pairs = Pairs(train_records, cfg.view, transform, tokenizer, progress=rank == 0,
-                      cache=cfg.cache_images and not cfg.cache_features)  # cached features need no tiles
+    pairs = task.dataset(cfg, model, train_records, transform, tokenizer, progress=rank == 0)
     if len(pairs) < cfg.batch_size:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(pairs)} training records")
     trainer = model
     if cfg.cache_features:  # locked towers run once; the trainable parts see cached inputs
-        from geotextloc.train import cached
-
-        k = cfg.train_last_k or 0
-        if geobridge:
-            cached.lock_geobridge(model, k, text=cfg.mode != "image-only")
-            pairs = cached.cached_quadruples(cfg, model, pairs, dtype, progress=rank == 0)
-            trainer = cached.CachedGeoBridge(model, k)
-        else:
-            cached.lock(model, k)
-            pairs = cached.cached_pairs(cfg, model, pairs, dtype, progress=rank == 0)
-            trainer = cached.CachedTowers(model, k)
+        pairs, trainer = task.cache(cfg, model, pairs, dtype, progress=rank == 0)
     sampler = DistributedSampler(pairs, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(pairs, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
@@ -388,12 +303,7 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ddp = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else trainer
-    if geobridge:
-        from geotextloc.models.geobridge import GeoBridgeLoss
-
-        loss_fn = GeoBridgeLoss(cfg.mode, symmetric=cfg.symmetric)
-    else:
-        loss_fn = contrastive_loss(rank, world)
+    loss_fn = task.loss(cfg, rank, world)
 
     start_epoch, step, best_r1 = 0, 0, -1.0
     if cfg.resume and last.exists():
@@ -411,15 +321,7 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
         ddp.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False)
         for batch in bar:
-            if geobridge:
-                images, texts, masks = batch
-                images = {v: x.to(device, non_blocking=True) for v, x in images.items()}
-                masks = {k: m.to(device) for k, m in masks.items()}
-                texts = None if cfg.mode == "image-only" else texts.to(device)
-            else:
-                (images, texts), masks = batch, None
-                texts = drop_tokens(texts, cfg.text_dropout)  # unchanged at text_dropout 0
-                images, texts = images.to(device, non_blocking=True), texts.to(device)
+            images, texts, masks = task.batch(cfg, batch, device)
             loss = train_step(ddp, loss_fn, images, texts, optimizer, scheduler, scaler, dtype, masks)
             if world > 1:  # log the global loss: mean of the ranks' equal-sized parts
                 dist.all_reduce(loss)
@@ -432,7 +334,7 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
                                        "logit_scale": unwrap(ddp).logit_scale.exp().item()})
         due = cfg.eval_every and select_records and (epoch + 1) % cfg.eval_every == 0
         if rank == 0 and due:
-            report, score = evaluate_split(cfg, model, select_records, preprocess_val, tokenizer)
+            report, score = task.evaluate(cfg, model, select_records, preprocess_val, tokenizer)
             summary = report.to_dict()
             append_jsonl(metrics, {"kind": "eval", "split": select_split, "epoch": epoch, "step": step,
                                    "score": score, **summary})
