@@ -1,0 +1,54 @@
+"""The top-level API on a real (tiny) checkpoint and a real saved index."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import geotextloc
+from geotextloc.cli import main
+from geotextloc.errors import ConfigError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_records import make_release  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    train, test = make_release(root, n_train=16, n_test=6, size=32)
+    out = root / "run"
+    assert main(["train", "--config", "configs/smoke/crosstext2loc.yaml", f"data_root={root}", "versions=[Synth]",
+                 f"out_dir={out}", "epochs=1", "batch_size=8", "val_share=0", "eval_scope=6"]) == 0
+    return root, out / "best.pt", test
+
+
+def test_import_is_light_and_names_the_api():
+    assert set(geotextloc.__all__) == {"load", "embed", "evaluate", "search", "Model"}
+    with pytest.raises(AttributeError):
+        geotextloc.nothing_here  # noqa: B018
+
+
+def test_load_embed_evaluate_search(run, tmp_path):
+    root, best, test = run
+    model = geotextloc.load(best)
+    assert model.task == "crosstext2loc" and model.view == "sat"
+    texts = geotextloc.embed(model, texts=[r.text for r in test])
+    tiles = geotextloc.embed(model, images=[r.images["satellite"] for r in test])
+    assert texts.shape == tiles.shape and np.allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-4)
+    report = geotextloc.evaluate(model, test, scope=6)
+    by_hand = (texts @ tiles.T).argmax(1) == np.arange(len(test))  # names are unique: R@1 by hand
+    assert report.to_dict()["overall"]["R@1"] == pytest.approx(100 * by_hand.mean())
+    with pytest.raises(ConfigError):
+        geotextloc.embed(model)
+    assert main(["index", "--checkpoint", str(best), "--data", str(root), "--version", "Synth", "--view", "sat",
+                 "--split", "test", "--out", str(tmp_path / "idx")]) == 0
+    hits = geotextloc.search(tmp_path / "idx", test[0].text, k=3)
+    best_tile = [r.name for r in test][int(np.argmax(texts[0] @ tiles.T))]
+    assert hits.names[0][0] == best_tile
