@@ -121,6 +121,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(release, tmp_path):
     cached = dict(augment=False, cache_images=True, text_dropout=0.3)  # word dropout draws from the RNG too
     train(tiny(tmp_path / "cached", **cached), train_records, test_records)
     train(tiny(tmp_path / "cached-resumed", stop_after_epoch=1, **cached), train_records, test_records)
+    with open(tmp_path / "cached-resumed" / "metrics.jsonl", "a") as torn:  # a crash in the middle of a write
+        torn.write('{"kind": "train", "epo')
     train(tiny(tmp_path / "cached-resumed", resume=True, **cached), train_records, test_records)
     a, b = read_metrics(tmp_path / "cached"), read_metrics(tmp_path / "cached-resumed")
     assert [r["loss"] for r in a if r["kind"] == "train"] == [r["loss"] for r in b if r["kind"] == "train"]

@@ -135,17 +135,36 @@ def append_jsonl(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a torn last line (a crash mid-write) is dropped, a damaged
+    earlier one is one DataError naming the file and line."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                raise ValueError("not a metrics row")
+        except ValueError:
+            if number == len(lines):
+                break
+            raise DataError(f"{path}:{number}: not a metrics row; delete the run folder or restore the file") from None
+        rows.append(row)
+    return rows
+
+
 def keep_metrics_before(path: Path, epoch: int) -> None:
     """Drop metric rows of epochs >= ``epoch`` (written after the checkpoint we resume from)."""
     if path.exists():
-        rows = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] < epoch]
-        atomic_write_text(path, "".join(f"{line}\n" for line in rows))
+        rows = [row for row in read_metrics(path) if row["epoch"] < epoch]
+        atomic_write_text(path, "".join(f"{json.dumps(row)}\n" for row in rows))
 
 
 def _stale_evaluations(metrics: Path, best: float) -> int:
     """Evaluations since the best score, from ``metrics.jsonl`` (to resume early stopping)."""
-    scores = [row.get("score") for row in map(json.loads, metrics.read_text().splitlines())
-              if row["kind"] == "eval"] if metrics.exists() else []
+    scores = [row.get("score") for row in read_metrics(metrics) if row.get("kind") == "eval"]
     scores = [s for s in scores if s is not None]
     return len(scores) - 1 - max((i for i, s in enumerate(scores) if s >= best), default=len(scores) - 1)
 
