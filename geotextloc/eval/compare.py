@@ -162,3 +162,16 @@ def run_tables(run_dirs: Sequence[str | Path], group: str | None = None, view: s
         table.attrs["source"] = f"{run_dir}/{pattern}" + (f" ({keep} queries)" if keep else "")
         tables.append(table)
     return tables
+
+
+def seed_table(frame: pd.DataFrame, metric: str, rows: Sequence, columns: Sequence[str], by: str = "mode",
+               digits: int = 2) -> pd.DataFrame:
+    """"mean ± std" over seeds of ``metric``, one row per value of ``by`` (``rows``), one column per
+    ``direction`` (``columns``); ``frame`` has one row per (``by``, seed, direction)."""
+    stats = frame.groupby([by, "direction"])[metric].agg(["mean", "std"]).fillna(0.0)
+    table = pd.DataFrame(index=list(rows), columns=list(columns), dtype=object)
+    for r in rows:
+        for d in columns:
+            m, s = stats.loc[(r, d)]
+            table.loc[r, d] = f"{m:.{digits}f} ± {s:.{digits}f}"
+    return table
