@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from geotextloc.errors import ConfigError
-
-DRONE, STREET, SATELLITE, TEXT = "drone", "street", "satellite", "text"
-VIEWS = (DRONE, STREET, SATELLITE)
+from geotextloc.views import DRONE, SATELLITE, STREET, TEXT
+from geotextloc.views import GEOBRIDGE_VIEWS as VIEWS
 
 # Edges (u, v): u are the queries (rows of S_{u,v}), v the targets (columns).
 IMAGE_EDGES = ((DRONE, SATELLITE), (SATELLITE, STREET), (STREET, DRONE))

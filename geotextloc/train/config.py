@@ -34,11 +34,11 @@ import yaml
 
 from geotextloc import config as profiles
 from geotextloc.errors import ConfigError
+from geotextloc.views import GALLERY_VIEWS, GEOBRIDGE_VIEWS
 
 TASKS = ("crosstext2loc", "geobridge")
-VIEWS = ("sat", "osm")
+VIEWS = GALLERY_VIEWS
 GEOBRIDGE_MODES = ("image-only", "text-only", "fused")
-GEOBRIDGE_VIEWS = ("drone", "street", "satellite")
 EPE_MODES = ("truncate", "interpolate", "kps", "random", "native")
 POS_INITS = ("normal", "sinusoidal")  # = geotextloc.models.epe.POS_INITS (no torch import here)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
