@@ -60,13 +60,14 @@ def data_fingerprint(path: str | Path) -> str:
     """SHA-256 over every file's relative path, size and (for text/JSON files) content.
 
     Images are fingerprinted by path and size only, so fingerprinting a 30,000-tile release
-    takes seconds; annotation files, manifests and cards are hashed in full.
+    takes seconds; annotation files, manifests and cards are hashed in full. Hidden files (a
+    build's stamps such as ``.built-v4``) are not data and are left out.
     """
     root = Path(path)
     if not root.exists():
         return "missing"
     digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
         rel = file.relative_to(root).as_posix()
         digest.update(f"{rel}\0{file.stat().st_size}\0".encode())
         if file.suffix in {".json", ".jsonl", ".md", ".yaml", ".csv"}:

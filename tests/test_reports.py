@@ -45,6 +45,17 @@ def test_data_fingerprint_changes_with_annotations(tmp_path):
     assert data_fingerprint(tmp_path) != before
 
 
+def test_a_builds_stamps_do_not_change_the_data_fingerprint(tmp_path):
+    """A fresh `make data` writes .built-v4/.dense-v4 beside the same files: the same build."""
+    (tmp_path / "CVG-text").mkdir()
+    (tmp_path / "CVG-text" / "test.json").write_text('{"a": "one"}')
+    before = data_fingerprint(tmp_path)
+    (tmp_path / ".built-v4").touch()
+    assert data_fingerprint(tmp_path) == before
+    (tmp_path / "CVG-text" / "extra.png").write_bytes(b"x")
+    assert data_fingerprint(tmp_path) != before
+
+
 def test_report_refuses_to_write_a_secret(tmp_path, monkeypatch):
     monkeypatch.setenv("DEMO_API_KEY", "sk-test-0123456789abcdef")
     nb = _notebook(tmp_path / "leak.ipynb", "import os; print(os.environ['DEMO_API_KEY'])")
