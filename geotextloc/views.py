@@ -25,11 +25,3 @@ def image_kind(view: str) -> str:
     return IMAGE_KINDS.get(view, view)
 
 
-def gallery_view(name: str) -> str:
-    """``sat``/``satellite`` -> ``sat``, ``osm`` -> ``osm`` (what the CLIs accept)."""
-    spelled = {"sat": "sat", SATELLITE: "sat", OSM: "osm"}
-    if name not in spelled:
-        from geotextloc.errors import ConfigError
-
-        raise ConfigError(f"unknown gallery view {name!r}; use sat (satellite) or osm")
-    return spelled[name]

@@ -110,25 +110,6 @@ def words_image(words: Sequence[tuple[str, float | None]], width: int = 900, fon
     return image
 
 
-def heatmap_figure(image, heatmap: np.ndarray, title: str = ""):
-    """Tile | tile with the relevance heatmap overlaid, with a colour bar."""
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8.4, 4.2), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    left.imshow(load_image(image))
-    left.set_title("tile")
-    right.imshow(overlay_heatmap(image, heatmap))
-    right.set_title("relevance (text -> tile)")
-    for ax in (left, right):
-        ax.set_axis_off()
-    fig.colorbar(ScalarMappable(cmap="jet"), ax=right, fraction=0.046, label="relevance (min-max)")
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
 def top5_figure(query_words: Sequence[tuple[str, float | None]], candidates: Sequence[dict],
                 truth: dict | None = None, title: str | None = None):
     """Query text (coloured by relevance), then per candidate its tile and heatmap overlay.

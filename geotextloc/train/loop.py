@@ -179,11 +179,6 @@ def build_model(cfg: TrainConfig, device: str = "cpu"):
     return task_of(cfg).build(cfg, device)
 
 
-def evaluate_split(cfg: TrainConfig, model, records, preprocess_val, tokenizer):
-    """(report, score) of ``model`` on ``records``, as ``cfg.task`` evaluates."""
-    return task_of(cfg).evaluate(cfg, model, records, preprocess_val, tokenizer)
-
-
 def load_checkpoint(path: str | Path, device: str = "cpu"):
     """(model, preprocess_val, tokenizer, config) from our ``last.pt``/``best.pt`` (either task);
     a file that is not one, or whose config or weights do not fit, is one error naming it."""
