@@ -52,3 +52,25 @@ def test_load_embed_evaluate_search(run, tmp_path):
     hits = geotextloc.search(tmp_path / "idx", test[0].text, k=3)
     best_tile = [r.name for r in test][int(np.argmax(texts[0] @ tiles.T))]
     assert hits.names[0][0] == best_tile
+
+
+def test_best_checkpoint_prefers_the_interpolate_run_of_this_view_and_data(run, tmp_path):
+    import shutil
+
+    from geotextloc.models.checkpoints import read_checkpoint, save_checkpoint
+    from geotextloc.train.runs import best_checkpoint, checkpoint_config
+
+    root, best, _ = run
+    obj = read_checkpoint(best)
+    runs = tmp_path / "runs"
+    for name, changes in {"trunc": {"epe": "truncate"}, "interp": {"epe": "interpolate"},
+                          "other-view": {"epe": "interpolate", "view": "osm"},
+                          "erm_quick": {"epe": "interpolate"}}.items():
+        (runs / name).mkdir(parents=True)
+        save_checkpoint({**obj, "config": {**obj["config"], **changes}}, runs / name / "best.pt")
+    assert checkpoint_config(runs / "interp" / "best.pt")["epe"] == "interpolate"
+    assert best_checkpoint(runs, "sat", root) == runs / "interp" / "best.pt"
+    assert best_checkpoint(runs, "osm", root) == runs / "other-view" / "best.pt"
+    assert best_checkpoint(runs, "sat", tmp_path / "elsewhere") is None  # trained on other data
+    shutil.rmtree(runs / "interp")
+    assert best_checkpoint(runs, "sat", root) == runs / "trunc" / "best.pt"

@@ -57,3 +57,32 @@ def train_or_reuse(cfg, fingerprint: str, keep_weights: bool = False, progress: 
         for checkpoint in out.glob("*.pt"):
             checkpoint.unlink()
     return final
+
+
+def checkpoint_config(path: str | Path) -> dict:
+    """The training config saved in checkpoint ``path`` ({} for a file without one)."""
+    from geotextloc.models.checkpoints import read_checkpoint
+
+    obj = read_checkpoint(path)
+    return obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
+
+
+def best_checkpoint(root: str | Path, view: str, data_dir: str | Path, regions=(), skip: str = "erm_quick"):
+    """The ``best.pt`` under ``root`` of a CrossText2Loc run of ``view`` trained on ``data_dir``
+    that is most like CrossText2Loc proper, or None: EPE by interpolation first, then a run from
+    pretrained weights, full texts, finished (``done.json``), covering most of ``regions``, the
+    lowest seed, the newest. Folders named ``skip`` are left out."""
+    data_dir = Path(data_dir).resolve()
+    found = []
+    for path in Path(root).glob("**/best.pt"):
+        if skip in path.parts:
+            continue
+        cfg = checkpoint_config(path)
+        if cfg.get("task", "crosstext2loc") != "crosstext2loc" or cfg.get("view") != view \
+                or Path(str(cfg.get("data_root", ""))).resolve() != data_dir:
+            continue
+        covered = {v.removesuffix("-photos").removesuffix("-mixed") for v in cfg.get("versions", [])}
+        found.append((cfg.get("epe") == "interpolate", cfg.get("pretrained") is not None,
+                      "direct" not in str(path.parent), (path.parent / "done.json").exists(),
+                      len(covered & set(regions)), -int(cfg.get("seed", 0)), path.stat().st_mtime, str(path)))
+    return Path(max(found)[-1]) if found else None
