@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +32,9 @@ def run(tmp_path_factory):
 
 def test_import_is_light_and_names_the_api():
     assert set(geotextloc.__all__) == {"load", "embed", "evaluate", "search", "Model"}
+    fresh = subprocess.run([sys.executable, "-c", "import sys, geotextloc; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip() == "False"  # the API loads torch on first use only
     with pytest.raises(AttributeError):
         geotextloc.nothing_here  # noqa: B018
 

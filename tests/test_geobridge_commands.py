@@ -66,6 +66,12 @@ def test_index_then_search_with_the_shared_text_tower(trained, tmp_path, capsys)
     assert main(["search", "--index", str(tmp_path / "idx"), "--k", "3", test[0].text]) == 0
     rows = capsys.readouterr().out.strip().splitlines()[1:]
     assert len(rows) == 3 and all(row.split()[-1] in {r.name for r in test} for row in rows)
+    import geotextloc  # the first hit is the tile the satellite encoder puts nearest the text
+
+    model = geotextloc.load(best, view="sat")
+    query = geotextloc.embed(model, texts=[test[0].text])
+    tiles = geotextloc.embed(model, images=[r.images["satellite"] for r in test])
+    assert rows[0].split()[-1] == test[int((query @ tiles.T).argmax())].name
 
 
 def test_explain_a_record_with_the_satellite_encoder(trained, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -64,7 +65,5 @@ class Images(Dataset):
 
 def image_batches(paths: Sequence[Path], transform, batch_size: int):
     """Batches (stacked tensors) of ``transform(load_image(path))``, in order."""
-    import torch
-
     for i in range(0, len(paths), batch_size):
         yield torch.stack([transform(load_image(p)) for p in paths[i : i + batch_size]])

@@ -49,10 +49,6 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def _memo_ok(model) -> bool:
-    return next(model.parameters()).device.type == "cpu"
-
-
 def _fingerprint(modules) -> str:
     values = [t.detach().double().sum().item() for m in modules for t in [*m.parameters(), *m.buffers()]]
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
@@ -78,7 +74,7 @@ def embed_visual(visual, paths: Sequence[Path], transform, batch_size: int = 64,
     device = next(visual.parameters()).device
     if device.type == "cpu" and stages.towers_visual(visual):
         tag = ("image", _fingerprint(stages.stem_modules(visual, MEMO_STEM_STAGES)), repr(transform))
-        keys = [(*tag, str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+        keys = [(*tag, str(p), stat.st_size, stat.st_mtime_ns) for p, stat in ((p, p.stat()) for p in paths)]
 
         def compute(missing):
             todo = [paths[i] for i in missing]
@@ -109,7 +105,8 @@ def embed_images(model, paths: Sequence[Path], transform, batch_size: int = 64, 
 def embed_texts(model, texts: Sequence[str], tokenizer, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
     """(N, D) text features of a CLIP-style ``model`` (``encode_text``)."""
     texts = list(texts)
-    if _memo_ok(model) and stages.towers_model(model):
+    device = next(model.parameters()).device
+    if device.type == "cpu" and stages.towers_model(model):
         tag = ("text", _fingerprint([model.text.transformer]), model.text.context_length)
 
         def compute(missing):
@@ -118,7 +115,6 @@ def embed_texts(model, texts: Sequence[str], tokenizer, batch_size: int = 64, pr
 
         pooled = torch.stack(_memoised([(*tag, text) for text in texts], compute))
         return F.normalize(model.text.proj(pooled), dim=-1)
-    device = next(model.parameters()).device
     out = []
     for start in tqdm(range(0, len(texts), batch_size), desc="embed texts", disable=not progress, leave=False):
         tokens = tokenizer(texts[start : start + batch_size]).to(device)
@@ -139,17 +135,15 @@ def embed_records(bridge, records: Sequence, transforms, tokenizer, kinds: Seque
     out: dict[str, Embedded] = {}
     try:
         for kind in kinds:
+            chosen = [r for r in records if (getattr(r, "text", None) if kind == TEXT else kind in r.images)]
+            if not chosen:
+                continue
             if kind == TEXT:
-                chosen = [r for r in records if getattr(r, "text", None)]
-                if chosen:
-                    features = embed_texts(bridge.text, [r.text for r in chosen], tokenizer, batch_size, progress)
+                features = embed_texts(bridge.text, [r.text for r in chosen], tokenizer, batch_size, progress)
             else:
-                chosen = [r for r in records if kind in r.images]
-                if chosen:
-                    features = embed_visual(bridge.encoders[kind], [r.images[kind] for r in chosen],
-                                            transforms[kind], batch_size, num_workers, progress)
-            if chosen:
-                out[kind] = Embedded([r.name for r in chosen], features.float().numpy())
+                features = embed_visual(bridge.encoders[kind], [r.images[kind] for r in chosen],
+                                        transforms[kind], batch_size, num_workers, progress)
+            out[kind] = Embedded([r.name for r in chosen], features.float().numpy())
     finally:
         bridge.train(was_training)
     return out

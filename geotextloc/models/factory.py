@@ -227,19 +227,16 @@ def from_checkpoint(path: str, name: str | None = None, context_length: int | No
 
 def _geobridge_view(path, built, state, view: str | None):
     """(OneView, train transform, val transform, tokenizer) of a GeoBridge checkpoint's ``view``."""
-    from geotextloc.models.geobridge import GeoBridge, OneView, view_transforms
+    from geotextloc.models import geobridge
     from geotextloc.views import GEOBRIDGE_VIEWS, image_kind
 
     kind = image_kind(view or "sat")
     if kind not in GEOBRIDGE_VIEWS:
         raise ConfigError(f"{path}: a GeoBridge model embeds {', '.join(GEOBRIDGE_VIEWS)} images, not {view!r}; "
                           "pass --view sat (satellite), drone or street")
-    model, preprocess_train, preprocess_val, tok = built
-    size = model.visual.preprocess_cfg["size"]
-    bridge = GeoBridge(model)
+    bridge, train_transforms, val_transforms, tok = geobridge.over(built)
     checkpoints.load_state(bridge, state, path)
-    return (OneView(bridge, kind).eval(), view_transforms(preprocess_train, size)[kind],
-            view_transforms(preprocess_val, size)[kind], tok)
+    return geobridge.OneView(bridge, kind).eval(), train_transforms[kind], val_transforms[kind], tok
 
 
 def transforms(model: nn.Module):

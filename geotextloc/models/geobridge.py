@@ -156,6 +156,15 @@ class OneView(nn.Module):
             return getattr(self.bridge.text, name)
 
 
+def over(built, unlocked_blocks: int | None = None):
+    """(GeoBridge, {view: train transform}, {view: val transform}, tokenizer) from
+    ``factory.create``'s (clip, preprocess_train, preprocess_val, tokenizer)."""
+    clip, preprocess_train, preprocess_val, tokenizer = built
+    size = clip.visual.preprocess_cfg["size"]
+    bridge = GeoBridge(clip, unlocked_blocks=unlocked_blocks)
+    return bridge, view_transforms(preprocess_train, size), view_transforms(preprocess_val, size), tokenizer
+
+
 def view_transforms(transform, image_size: int | tuple[int, int]) -> dict:
     """Per-view input transforms: drone and satellite tiles use ``transform`` as is; the street
     panorama (2:1) is first squashed to the square input, so the whole 360° stays in view

@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from geotextloc.data.images import Images, image_paths, load_image  # noqa: F401 (the names train uses)
+from geotextloc.data.images import image_paths, load_image
 from geotextloc.errors import DataError
-from geotextloc.views import GEOBRIDGE_VIEWS, TEXT, image_kind  # noqa: F401
+from geotextloc.views import GEOBRIDGE_VIEWS, TEXT
 
 
 class Pairs(Dataset):

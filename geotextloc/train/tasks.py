@@ -126,18 +126,16 @@ class GeoBridge:
     def build(cfg, device: str = "cpu"):
         """A GeoBridge over the open_clip model (towers frozen but for their last blocks; the
         text tower entirely in image-only mode); the preprocess values are {view: transform}."""
-        from geotextloc.models.geobridge import GeoBridge as Bridge
-        from geotextloc.models.geobridge import view_transforms
+        from geotextloc.models import geobridge
 
-        model, preprocess_train, preprocess_val, tokenizer = _create(cfg, device)
-        size = model.visual.preprocess_cfg["size"]
-        model = Bridge(model, unlocked_blocks=None if cfg.cache_features else cfg.train_last_k)
+        model, preprocess_train, preprocess_val, tokenizer = geobridge.over(
+            _create(cfg, device), unlocked_blocks=None if cfg.cache_features else cfg.train_last_k)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if cfg.mode == "image-only":  # L_img never reaches E_t: freeze it (DDP needs no unused-parameter search)
             for name, p in model.text.named_parameters():
                 p.requires_grad_(name == "logit_scale")
-        return model, view_transforms(preprocess_train, size), view_transforms(preprocess_val, size), tokenizer
+        return model, preprocess_train, preprocess_val, tokenizer
 
     @staticmethod
     def dataset(cfg, model, records, transform, tokenizer, progress: bool):
