@@ -21,7 +21,6 @@ COMMAND_MODULES = [
     "geotextloc.reports",
     "geotextloc.train.commands",
     "geotextloc.explain.commands",
-    "geotextloc.train.experiments",
 ]
 
 

@@ -16,7 +16,7 @@ from geotextloc.data.embedded import builder, dense
 from geotextloc.data.embedded.builder import BuildSettings, build
 from geotextloc.data.embedded.contact_sheet import copy_contact_sheets, pick_locations
 from geotextloc.errors import ConfigError, DataError
-from geotextloc.train import experiments
+from geotextloc.train import grid
 from geotextloc import files as atomic
 
 SETTINGS = BuildSettings(size=64, pano_width=128)
@@ -247,7 +247,7 @@ def test_densify_adds_training_places_away_from_the_test_split(built, tmp_path, 
     assert {r.city for r in contents.records} == {"Helsinki", "Kouvola"}
     assert all(set(r.images) == {"satellite", "osm"} and r.text.strip() for r in contents.records)
     # every dense place has a direct text too (the text-source ablation fine-tunes on them)
-    direct = experiments.with_text_source(contents.records, out, "direct")
+    direct = grid.with_text_source(contents.records, out, "direct")
     assert [r.name for r in direct] == [r.name for r in contents.records]
     assert all(d.text.strip() and d.text != r.text for d, r in zip(direct, contents.records))
     buffer = SETTINGS.buffer_m

@@ -17,7 +17,8 @@ import yaml
 from geotextloc.cli import main
 from geotextloc.data.release import Record
 from geotextloc.errors import ConfigError, DataError
-from geotextloc.train import experiments as ex
+from geotextloc.eval import cities, compare
+from geotextloc.train import grid as ex
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_records import make_release
@@ -112,10 +113,10 @@ def _record(name, city="C", view="panorama"):
 
 def test_galleries_separate_query_groups_only_where_tiles_repeat():
     distinct = [_record("60.1,24.9_2024-06_a_d1_z3.jpg"), _record("60.2,24.9_b.jpg", view="single")]
-    assert [(c, g, len(r)) for c, g, r in ex.galleries(distinct)] == [("C", None, 2)]
+    assert [(c, g, len(r)) for c, g, r in cities.galleries(distinct)] == [("C", None, 2)]
     shared = [_record("60.1,24.9_2024-06_a_d1_z3.jpg"), _record("60.1,24.9_as.jpg", view="single"),
               _record("61.0,25.0_2024-06_c_d1_z3.jpg", city="D")]
-    assert [(c, g, len(r)) for c, g, r in ex.galleries(shared)] == [
+    assert [(c, g, len(r)) for c, g, r in cities.galleries(shared)] == [
         ("C", "panorama", 1), ("C", "single_view", 1), ("D", None, 1)]
 
 
@@ -191,8 +192,8 @@ def test_mean_std_pools_cities_by_query_count():
              "R@10": 0.0, "L@50": 0.0, "L@100": 0.0, "L@150": 0.0, "Deviation": 0.1, "Count": n,
              "train_seconds": 1.0}
             for seed, (a, b) in enumerate([(10.0, 40.0), (20.0, 50.0)]) for city, r1, n in (("A", a, 100), ("B", b, 300))]
-    table = ex.with_all_cities(pd.DataFrame(rows).assign(run=lambda t: t.run + t.seed.astype(str)))
+    table = compare.with_all_cities(pd.DataFrame(rows).assign(run=lambda t: t.run + t.seed.astype(str)))
     pooled = table[table.city == "all"].sort_values("seed")
     assert pooled["R@1"].tolist() == [32.5, 42.5] and pooled.Count.tolist() == [400, 400]
-    formatted = ex.format_mean_std(ex.mean_std(pooled, ["epe"], ("R@1",)))
+    formatted = compare.format_mean_std(compare.mean_std(pooled, ["epe"], ("R@1",)))
     assert formatted.loc["interpolate", "R@1"] == "37.5 ± 7.1"

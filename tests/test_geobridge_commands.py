@@ -81,3 +81,44 @@ def test_explain_a_record_with_the_satellite_encoder(trained, tmp_path):
                  "--view", "satellite", "--record", test[0].name, "--scope", "6", "--explainer", "offline",
                  "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
     assert any(out.rglob("*.json")) and any(out.rglob("*.png"))
+
+
+def test_experiments_runs_a_geobridge_grid_and_skips_finished_runs(trained, capsys):
+    """``geotextloc experiments --task geobridge``: modes x seeds trained and evaluated in every
+    direction, the table written; a second call trains nothing and gives the same table."""
+    root, _, _ = trained
+    runs = root / "grid"
+    argv = ["experiments", "--task", "geobridge", "--profile", "smoke", "--data-dir", str(root),
+            "--runs-dir", str(runs), "--modes", "image-only,fused", "--seeds", "0",
+            f"feature_cache={root / 'features'}"]
+    assert main(argv) == 0
+    table = (runs / "geobridge_results.csv").read_text()
+    first = capsys.readouterr().out
+    assert "geoloc/image-only/seed0: running" in first and "geoloc/fused/seed0: running" in first
+    for mode in ("image-only", "fused"):
+        done = json.loads((runs / "geoloc" / mode / "seed0" / "done.json").read_text())
+        assert done["task"] == "geobridge" and done["mode"] == mode and done["config"]["mode"] == mode
+        assert set(done["eval"]["whole"]) >= {"D2S", "S2D", "P2S", "S2P", "D2P", "P2D", "T2D", "T2P", "T2S"}
+        assert (runs / "geoloc" / mode / "seed0" / "eval" / "directions-queries.csv").is_file()
+    import pandas as pd
+    rows = pd.read_csv(runs / "geobridge_results.csv")
+    assert len(rows) == 2 * 9 and set(rows["mode"]) == {"image-only", "fused"}
+    fused_p2s = rows[(rows["mode"] == "fused") & (rows.direction == "P2S")]["R@1"].item()
+    done = json.loads((runs / "geoloc" / "fused" / "seed0" / "done.json").read_text())
+    assert fused_p2s == pytest.approx(done["eval"]["whole"]["P2S"]["R@1"])
+
+    mtime = (runs / "geoloc" / "fused" / "seed0" / "best.pt").stat().st_mtime_ns
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert "geoloc/fused/seed0: done" in again and "running" not in again
+    assert (runs / "geoloc" / "fused" / "seed0" / "best.pt").stat().st_mtime_ns == mtime
+    assert (runs / "geobridge_results.csv").read_text() == table
+
+
+def test_experiments_refuses_an_unknown_geobridge_mode_in_one_line(trained, capsys):
+    root, _, _ = trained
+    assert main(["experiments", "--task", "geobridge", "--profile", "smoke", "--data-dir", str(root),
+                 "--runs-dir", str(root / "grid-bad"), "--modes", "fusion"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'fusion'" in err[0] and "image-only" in err[0]
+    assert not (root / "grid-bad").exists()

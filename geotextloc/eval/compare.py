@@ -15,6 +15,9 @@ a tie otherwise. Under H0 (no difference) each non-tied query is a win for A wit
 (McNemar's exact test when there is one run per model). Queries, not seeds, are the
 independent units: averaging a query's hits over the seeds first keeps a query that recurs in
 every seed from counting three times.
+
+The tables over seeds live here too: :func:`mean_std` / :func:`format_mean_std` (mean ± std
+per group), :func:`with_all_cities` (cities pooled by query count) and :func:`seed_table`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pandas as pd
 
 from geotextloc.data.release import SINGLE
 from geotextloc.errors import DataError
-from geotextloc.eval.metrics import GROUPS
+from geotextloc.eval.metrics import GROUPS, METRIC_KEYS
 
 
 @dataclass(frozen=True)
@@ -175,3 +178,40 @@ def seed_table(frame: pd.DataFrame, metric: str, rows: Sequence, columns: Sequen
             m, s = stats.loc[(r, d)]
             table.loc[r, d] = f"{m:.{digits}f} ± {s:.{digits}f}"
     return table
+
+
+def with_all_cities(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` plus rows with city ``all``: each run's groups pooled over its cities.
+
+    Every metric is a mean over queries, so the pooled value is the Count-weighted mean.
+    """
+    metrics = [k for k in METRIC_KEYS if k != "Count"]
+    keys = [c for c in table.columns if c not in (*METRIC_KEYS, "city")]
+    rows = []
+    for key, part in table.groupby(keys, dropna=False, sort=False):
+        weights = part["Count"].to_numpy(dtype=float)
+        pooled = {m: float((part[m].fillna(0.0) * weights).sum() / weights.sum()) if weights.sum() else float("nan")
+                  for m in metrics}
+        rows.append({**dict(zip(keys, key)), "city": "all", **pooled, "Count": int(weights.sum())})
+    return pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
+
+
+def mean_std(table: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = ("R@1", "R@5", "R@10", "L@50"),
+             ) -> pd.DataFrame:
+    """Mean and std over seeds of ``metrics`` per ``by`` group, plus the number of seeds."""
+    grouped = table.groupby(list(by))
+    out = grouped[list(metrics)].agg(["mean", "std"])
+    out[("seeds", "n")] = grouped["seed"].nunique()
+    return out
+
+
+def format_mean_std(stats: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """``mean_std``'s table as "mean ± std" strings, one column per metric (just the mean
+    where there is one seed)."""
+    metrics = [m for m in stats.columns.get_level_values(0).unique() if m != "seeds"]
+
+    def cell(mean: float, std: float) -> str:
+        return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    return pd.DataFrame({m: [cell(a, b) for a, b in zip(stats[(m, "mean")], stats[(m, "std")])] for m in metrics},
+                        index=stats.index)

@@ -1,9 +1,12 @@
-"""``geotextloc train`` and ``geotextloc evaluate``.
+"""``geotextloc train``, ``geotextloc evaluate`` and ``geotextloc experiments`` (grids of runs,
+:mod:`geotextloc.train.grid`).
 
     geotextloc train --config configs/tiny/crosstext2loc.yaml [--resume] [key=value ...]
     torchrun --nproc_per_node 4 -m geotextloc train --config configs/paper/crosstext2loc.yaml
     geotextloc evaluate --checkpoint runs/tiny/best.pt --data data/embedded --city Helsinki --view sat
     geotextloc evaluate --checkpoint runs/tiny/geobridge/best.pt --data data/embedded   # every GeoBridge direction
+    geotextloc experiments --profile tiny --views osm,sat --variants truncate,interpolate --seeds 0,1,2
+    geotextloc experiments --task geobridge --profile tiny --modes image-only,text-only,fused --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from geotextloc import config as profiles
 from geotextloc.errors import ConfigError, DataError
 
 
@@ -42,6 +46,33 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="output folder (default: <checkpoint folder>/eval)")
     p.set_defaults(func=run_evaluate)
+
+    p = subparsers.add_parser(
+        "experiments", help="run a grid of runs, resumable: CrossText2Loc (views x EPE variants x text sources x "
+        "seeds) or GeoBridge (modes x missing shares x seeds)",
+        description="Finished runs are skipped, interrupted ones resumed; several processes can share a grid. "
+                    "CrossText2Loc: stage-1 runs first where the profile has a stage 1 (scratch), then the "
+                    "variants. Writes <runs-dir>/results.csv (CrossText2Loc: one row per run, city and query "
+                    "group) or <runs-dir>/geobridge_results.csv (one row per run and direction).")
+    p.add_argument("--task", default="crosstext2loc", choices=("crosstext2loc", "geobridge"))
+    p.add_argument("--profile", default="tiny", choices=profiles.PROFILES)
+    p.add_argument("--data-dir", help="release root (default: the profile's data_root)")
+    p.add_argument("--runs-dir", help="where runs go (default runs/<profile>)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    ct = p.add_argument_group("CrossText2Loc")
+    ct.add_argument("--views", default="osm", help="comma-separated: sat,osm")
+    ct.add_argument("--variants", default="interpolate", help="comma-separated EPE variants")
+    ct.add_argument("--text-sources", default="full", help="comma-separated: full,direct")
+    ct.add_argument("--pretrain-seed", type=int, default=None,
+                    help="start every stage-2 run from the stage-1 run of this seed (default: its own seed)")
+    gb = p.add_argument_group("GeoBridge")
+    gb.add_argument("--modes", default="fused", help="comma-separated: image-only,text-only,fused")
+    gb.add_argument("--missing-shares", default="0", help="comma-separated shares of training locations "
+                    "without their satellite tile, e.g. 0,0.5")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides; CrossText2Loc: pretrain.key=value / finetune.key=value for one stage")
+    p.set_defaults(func=run_experiments)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -131,4 +162,41 @@ def evaluate_directions(args: argparse.Namespace, device: str) -> int:
     print(f"GeoBridge ({cfg.mode}), {len(test)} test locations, every direction")
     print(report)
     print(f"wrote {out / 'directions.json'} and {out / 'directions-queries.csv'}")
+    return 0
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _numbers(text: str, kind, flag: str) -> list:
+    try:
+        return [kind(item) for item in _items(text)]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated {kind.__name__} values") from None
+
+
+def run_experiments(args: argparse.Namespace) -> int:
+    import torch
+
+    from geotextloc.eval.compare import format_mean_std, mean_std
+    from geotextloc.files import atomic_write_text
+    from geotextloc.train import grid
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = _numbers(args.seeds, int, "--seeds")
+    if args.task == "geobridge":
+        specs = grid.plan_geobridge(_items(args.modes), seeds, _numbers(args.missing_shares, float, "--missing-shares"))
+        by, metrics, name = ["mode", "missing_share", "direction"], ("R@1", "R@10", "AP"), "geobridge_results.csv"
+    else:
+        specs = grid.plan(args.profile, _items(args.views), _items(args.variants), seeds,
+                          _items(args.text_sources), pretrain_seed=args.pretrain_seed)
+        by, metrics, name = ["view", "epe", "text_source", "city", "group"], ("R@1", "R@5", "R@10", "L@50"), "results.csv"
+    runs_dir = Path(args.runs_dir or f"runs/{args.profile}")
+    table = grid.run_grid(specs, args.profile, runs_dir, args.data_dir, profiles.parse_overrides(args.overrides))
+    atomic_write_text(runs_dir / name, table.to_csv(index=False))
+    if len(table):
+        print(format_mean_std(mean_std(table, by, metrics)).to_string())
+    print(f"wrote {runs_dir / name}")
     return 0

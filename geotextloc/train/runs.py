@@ -17,6 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from geotextloc.files import atomic_write_text
 
 
@@ -86,3 +88,30 @@ def best_checkpoint(root: str | Path, view: str, data_dir: str | Path, regions=(
                       "direct" not in str(path.parent), (path.parent / "done.json").exists(),
                       len(covered & set(regions)), -int(cfg.get("seed", 0)), path.stat().st_mtime, str(path)))
     return Path(max(found)[-1]) if found else None
+
+
+def loss_and_recall_curves(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, eval rows) of a run's ``metrics.jsonl``.
+
+    Eval rows (``epoch`` counted from 1) hold the selection split's R@1/5/10 and L@50, the split
+    (``val``: carved from the training places; ``test``: runs without ``val_share``) and its score.
+    """
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    train = pd.DataFrame([r for r in rows if r["kind"] == "train"])
+    evals = pd.DataFrame([{"epoch": r["epoch"] + 1, "step": r["step"], "split": r.get("split", "test"),
+                           "score": r.get("score", r["overall"]["R@1"]),
+                           **{k: r["overall"][k] for k in ("R@1", "R@5", "R@10", "L@50")}}
+                          for r in rows if r["kind"] == "eval"],
+                         columns=["epoch", "step", "split", "score", "R@1", "R@5", "R@10", "L@50"])
+    return train, evals
+
+
+def given_or_best(given: str | Path | None, root: str | Path, view: str, data_dir: str | Path, regions=()):
+    """``given`` when it is a checkpoint of ``view`` (a bare state dict, whose view is unknown,
+    counts as any view), else :func:`best_checkpoint` under ``root`` (None when there is none).
+    A ``given`` path that does not exist is said in one line and passed over."""
+    if given and not Path(given).is_file():
+        print(f"checkpoint {str(given)!r} not found: looking under {root}/ instead")
+    elif given and checkpoint_config(given).get("view", view) == view:
+        return Path(given)
+    return best_checkpoint(root, view, data_dir, regions)

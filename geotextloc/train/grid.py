@@ -1,4 +1,5 @@
-"""Experiment grids: CrossText2Loc runs over (view, EPE variant, text source, seed), resumable.
+"""Experiment grids for both papers, resumable: CrossText2Loc over (view, EPE variant, text
+source, seed) and GeoBridge over (alignment mode, share of missing satellite tiles, seed).
 
 The paper fine-tunes a *pre-trained* CLIP (77 text positions) after extending its
 positional table to N = 300 (EPE). A profile without a pretrain file trains each run in one
@@ -18,14 +19,20 @@ train the variant in one stage from random init, for comparison. The text source
 replaces every description (train and test) by the builder's "direct generation" text
 (``<root>/direct/<version>/<split>.json``, same keys).
 
-Runs live in ``<runs_dir>/<view>/pretrain/seed<s>`` and ``<runs_dir>/<view>/<epe>-<source>/seed<s>``
-(``<city>-<view>/...`` for per-city runs). A run is skipped when its ``done.json`` exists
-(trained, or stopped early by ``patience``, and evaluated), resumed from ``last.pt`` when
-interrupted, started otherwise. Then its best checkpoint is evaluated per city and query group
-(:func:`evaluate_run`), and :func:`collect` gathers every finished run into one DataFrame.
+GeoBridge runs (:class:`BridgeSpec`) take ``configs/<profile>/geobridge.yaml`` with the run's
+``mode`` (image-only | text-only | fused), ``missing_share`` and seed.
+
+Runs live in ``<runs_dir>/<view>/pretrain/seed<s>``, ``<runs_dir>/<view>/<epe>-<source>/seed<s>``
+(``<city>-<view>/...`` for per-city runs) and ``<runs_dir>/geoloc/<mode>[-missing<share>]/seed<s>``.
+A run is skipped when its ``done.json`` exists (trained, or stopped early by ``patience``, and
+evaluated), resumed from ``last.pt`` when interrupted, started otherwise. Then its best
+checkpoint is evaluated on the test split (CrossText2Loc: per city and query group with
+:func:`geotextloc.eval.cities.evaluate_run`; GeoBridge: every retrieval direction), and
+:func:`collect` gathers every finished run of a task into one DataFrame.
 
     geotextloc experiments --profile tiny --views osm --variants truncate,interpolate --seeds 0,1,2
     geotextloc experiments --profile scratch --pretrain-seed 0 --views osm --variants truncate,interpolate --seeds 0,1,2
+    geotextloc experiments --task geobridge --profile tiny --modes image-only,text-only,fused --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from geotextloc.eval.metrics import METRIC_KEYS
 
 PRETRAIN, FINETUNE, SCRATCH = "pretrain", "finetune", "scratch"
 TEXT_SOURCES = ("full", "direct")
+GEOBRIDGE_MODES = ("image-only", "text-only", "fused")
+BRIDGE_KEYS = ("R@1", "R@5", "R@10", "AP", "Count")  # = geotextloc.eval.multiview.WHOLE_KEYS
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,23 @@ class RunSpec:
                 SCRATCH: f"{self.epe}-{self.text_source}-scratch"}[self.stage]
         where = f"{self.city}-{self.view}" if self.city else self.view
         return f"{where}/{kind}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class BridgeSpec:
+    """One GeoBridge run of a grid: the alignment ``mode`` (image-only: L_img; text-only: L_text;
+    fused: both), the share of training locations without their satellite tile, and the seed."""
+
+    seed: int
+    mode: str = "fused"
+    missing_share: float = 0.0
+    task = "geobridge"
+
+    @property
+    def key(self) -> str:
+        """Path of the run below the runs folder, e.g. ``geoloc/fused/seed0``."""
+        missing = f"-missing{self.missing_share:g}" if self.missing_share else ""
+        return f"geoloc/{self.mode}{missing}/seed{self.seed}"
 
 
 def has_pretrain_stage(profile: str) -> bool:
@@ -114,6 +140,18 @@ def plan(
     two_stage = stage == FINETUNE and has_pretrain_stage(profile)
     pretrain = list(dict.fromkeys(pretrain_of(s) for s in runs)) if two_stage else []
     return pretrain + runs
+
+
+def plan_geobridge(modes: Iterable[str] = ("fused",), seeds: Iterable[int] = (0,),
+                   missing_shares: Iterable[float] = (0.0,)) -> list[BridgeSpec]:
+    """Every GeoBridge run of the grid missing shares x modes x seeds."""
+    runs = [BridgeSpec(s, m, float(share)) for share in missing_shares for m in modes for s in seeds]
+    for spec in runs:
+        if spec.mode not in GEOBRIDGE_MODES:
+            raise ConfigError(f"GeoBridge mode {spec.mode!r}; choose one of {', '.join(GEOBRIDGE_MODES)}")
+        if not 0.0 <= spec.missing_share < 1.0:
+            raise ConfigError(f"missing share {spec.missing_share:g}; give a share in [0, 1)")
+    return runs
 
 
 def run_config(spec: RunSpec, profile: str, runs_dir: str | Path, data_root: str | Path | None = None,
@@ -154,6 +192,25 @@ def run_config(spec: RunSpec, profile: str, runs_dir: str | Path, data_root: str
     return from_dict(values, f"{path} ({spec.key})")
 
 
+def bridge_config(spec: BridgeSpec, profile: str, runs_dir: str | Path, data_root: str | Path | None = None,
+                  overrides: dict | None = None):
+    """The checked TrainConfig of a GeoBridge run: the profile's ``geobridge.yaml`` plus the run's
+    settings and ``overrides`` (config key -> value)."""
+    from geotextloc.train.config import from_dict, load_config
+
+    path = profiles.config_path("geobridge", profile)
+    values = load_config(path).to_dict()
+    values |= {"mode": spec.mode, "missing_share": spec.missing_share, "seed": spec.seed,
+               "out_dir": str(Path(runs_dir) / spec.key), "resume": False}
+    if data_root is not None:
+        values["data_root"] = str(data_root)
+    for key, value in (overrides or {}).items():
+        if "." in key:
+            raise ConfigError(f"override {key!r}: GeoBridge runs have one stage; give the key without a prefix")
+        values[key] = value
+    return from_dict(values, f"{path} ({spec.key})")
+
+
 def direct_texts(root: str | Path) -> dict[str, str]:
     """name -> "direct generation" text from every ``<root>/direct/<version>/<split>.json``."""
     files = sorted(Path(root).glob("direct/*/*.json"))
@@ -190,94 +247,6 @@ def split_records(cfg, text_source: str = "full") -> tuple[list, list]:
     return with_text_source(train, cfg.data_root, text_source), with_text_source(test, cfg.data_root, text_source)
 
 
-def galleries(test: Sequence) -> list[tuple[str, str | None, list]]:
-    """(city, query group or None, records): the test galleries the protocol is run on.
-
-    One gallery per city (the paper: panorama and single-view queries share it, the groups
-    are read off the per-query table), except where a location's tile appears under two
-    names (the embedded ``<City>`` and ``<City>-photos`` read together: a location's panorama
-    and single-view names share one image and its coordinates). There the protocol's
-    tie-breaking would always rank the panorama name first, so each query group gets its own
-    gallery. (The embedded ``<City>-mixed`` takes one name per location and needs no split.)
-    """
-    by_city: dict[str, list] = {}
-    for record in test:
-        by_city.setdefault(record.city, []).append(record)
-    out = []
-    for city, records in sorted(by_city.items()):
-        names_at: dict[tuple[float, float], set] = {}
-        for record in records:
-            names_at.setdefault((record.lat, record.lon), set()).add(record.name)
-        if any(len(names) > 1 for names in names_at.values()):
-            for group, view in (("panorama", "panorama"), ("single_view", "single")):
-                part = [r for r in records if r.view == view]
-                if part:
-                    out.append((city, group, part))
-        else:
-            out.append((city, None, records))
-    return out
-
-
-def per_city(test: Sequence, report_for, scope: int | None = 100,
-             csv_dir: str | Path | None = None, view: str = "") -> dict[str, dict]:
-    """Protocol summaries per ``"<city>/<group>"`` (group: overall, panorama, single_view).
-
-    ``report_for(records)`` returns the :class:`~geotextloc.eval.ProtocolReport` of one gallery
-    (:func:`galleries`); a city's per-query tables are pooled before summarising, and written to
-    ``csv_dir/<city>-<view>-queries.csv`` when ``csv_dir`` is given.
-    """
-    from geotextloc.eval import ProtocolReport
-
-    tables: dict[str, list] = {}
-    for city, _, records in galleries(test):
-        tables.setdefault(city, []).append(report_for(records).table)
-    results = {}
-    for city, parts in tables.items():
-        report = ProtocolReport(table=pd.concat(parts, ignore_index=True), scope=scope)
-        if csv_dir is not None:
-            report.to_csv(Path(csv_dir) / f"{city}-{view}-queries.csv")
-        results |= {f"{city}/{group}": metrics for group, metrics in report.to_dict().items()}
-    return results
-
-
-def evaluate_records(model, preprocess, tokenizer, test: Sequence, view: str, scope: int = 100,
-                     batch_size: int = 64, csv_dir: str | Path | None = None) -> dict[str, dict]:
-    """:func:`per_city` with ``model``'s similarities (text queries -> ``view`` tiles)."""
-    from geotextloc.eval.embed import evaluate_model
-
-    def report_for(records):
-        return evaluate_model(model, records, view, preprocess, tokenizer, scope=scope,
-                              batch_size=batch_size, progress=False)
-
-    return per_city(test, report_for, scope, csv_dir, view)
-
-
-def evaluate_run(run_dir: str | Path, test: Sequence, view: str, batch_size: int = 64,
-                 device: str = "cpu", csv_dir: str | Path | None = None) -> dict:
-    """:func:`evaluate_records` for ``run_dir``'s best checkpoint (else its last); the per-query
-    tables go to ``csv_dir`` (default ``run_dir/eval``, the run's own test split)."""
-    from geotextloc.models.factory import from_checkpoint
-
-    run_dir = Path(run_dir)
-    checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-    model, _, preprocess, tokenizer, _ = from_checkpoint(str(checkpoint), device=device)
-    results = evaluate_records(model, preprocess, tokenizer, test, view, batch_size=batch_size,
-                               csv_dir=run_dir / "eval" if csv_dir is None else csv_dir)
-    return {"checkpoint": checkpoint.name, "results": results}
-
-
-def evaluate_zero_shot(name: str, pretrained: str, test: Sequence, view: str, device: str = "cpu",
-                       batch_size: int = 64) -> dict[str, dict]:
-    """An open_clip model with its released weights, not fine-tuned, at its own 77 positions.
-
-    Raises :class:`~geotextloc.errors.OfflineError` (one line) when the weights cannot be had.
-    """
-    from geotextloc.models.factory import create
-
-    model, _, preprocess, tokenizer = create(name, pretrained, epe_mode="truncate", device=device)
-    return evaluate_records(model.eval(), preprocess, tokenizer, test, view, batch_size=batch_size)
-
-
 class RunBusy(Exception):
     """Another live process holds the run's lock."""
 
@@ -312,51 +281,91 @@ def run_lock(out: Path):
         lock.unlink(missing_ok=True)
 
 
-def run_one(spec: RunSpec, profile: str, runs_dir: str | Path, data_root: str | Path | None = None,
+def run_one(spec: RunSpec | BridgeSpec, profile: str, runs_dir: str | Path, data_root: str | Path | None = None,
             overrides: dict | None = None, evaluate: bool = True) -> dict:
-    """Train (or resume, or skip) one run and evaluate it; returns its ``done.json`` content
-    (a run stopped early by ``stop_after_epoch`` is not done: no evaluation, no ``done.json``).
+    """Train (or resume, or skip) one run of either task and evaluate it; returns its ``done.json``
+    content (a run stopped early by ``stop_after_epoch`` is not done: no evaluation, no ``done.json``).
     Raises :class:`RunBusy` while another process trains the run.
 
-    The per-epoch validation (best checkpoint, curves) uses the panorama queries where the
-    query groups need galleries of their own (:func:`galleries`), else all test queries; the
-    final evaluation (``evaluate``, default True) covers every city and query group.
+    CrossText2Loc: the per-epoch validation (best checkpoint, curves) uses the panorama queries
+    where the query groups need galleries of their own (:func:`~geotextloc.eval.cities.galleries`),
+    else all test queries; the final evaluation (``evaluate``, default True) covers every city and
+    query group. GeoBridge: the config's selection split, then every direction on the test split.
     """
-    cfg = run_config(spec, profile, runs_dir, data_root, overrides)
+    bridge = isinstance(spec, BridgeSpec)
+    cfg = (bridge_config if bridge else run_config)(spec, profile, runs_dir, data_root, overrides)
     out = Path(cfg.out_dir)
     done = out / "done.json"
     if done.exists():
         return json.loads(done.read_text())
-    if spec.stage == FINETUNE and has_pretrain_stage(profile) and not Path(cfg.pretrained).exists():
+    if not bridge and spec.stage == FINETUNE and has_pretrain_stage(profile) and not Path(cfg.pretrained).exists():
         raise ConfigError(f"{cfg.pretrained}: stage-1 checkpoint missing; run {pretrain_of(spec).key} first")
     with run_lock(out):
         if done.exists():  # finished by another process meanwhile
             return json.loads(done.read_text())
-        return _train_and_evaluate(spec, cfg, profile, evaluate)
+        return (_train_and_evaluate_bridge if bridge else _train_and_evaluate)(spec, cfg, profile, evaluate)
 
 
-def _train_and_evaluate(spec: RunSpec, cfg, profile: str, evaluate: bool) -> dict:
+def _train_timed(cfg, *records) -> tuple[dict, float]:
+    """(the loop's summary, training seconds of this run so far, resumed parts included)."""
     from geotextloc.train.loop import train
 
     out = Path(cfg.out_dir)
     cfg.resume = (out / "last.pt").exists()
-    train_records, test_records = split_records(cfg, spec.text_source)
-    validation = [r for _, group, part in galleries(test_records) if group != "single_view" for r in part]
     started = time.time()
-    summary = train(cfg, train_records, validation)
-    seconds = time.time() - started
+    summary = train(cfg, *records)
     timing = out / "timing.json"
     previous = json.loads(timing.read_text())["train_seconds"] if timing.exists() and cfg.resume else 0.0
-    atomic_write_text(timing, json.dumps({"train_seconds": previous + seconds}))
-    record = {"run": spec.key, **dataclasses.asdict(spec), "profile": profile, "config": cfg.to_dict(),
-              "summary": summary, "train_seconds": round(previous + seconds, 1)}
-    if summary["epoch"] < cfg.epochs and not stopped_early(out):  # stop_after_epoch: resumed next time
+    seconds = previous + time.time() - started
+    atomic_write_text(timing, json.dumps({"train_seconds": seconds}))
+    return summary, seconds
+
+
+def _finished(cfg, summary: dict) -> bool:
+    """Trained every epoch or stopped early (not paused by ``stop_after_epoch``)."""
+    return summary["epoch"] >= cfg.epochs or stopped_early(cfg.out_dir)
+
+
+def _train_and_evaluate(spec: RunSpec, cfg, profile: str, evaluate: bool) -> dict:
+    from geotextloc.eval.cities import evaluate_run, galleries
+
+    train_records, test_records = split_records(cfg, spec.text_source)
+    validation = [r for _, group, part in galleries(test_records) if group != "single_view" for r in part]
+    summary, seconds = _train_timed(cfg, train_records, validation)
+    record = {"run": spec.key, "task": "crosstext2loc", **dataclasses.asdict(spec), "profile": profile,
+              "config": cfg.to_dict(), "summary": summary, "train_seconds": round(seconds, 1)}
+    if not _finished(cfg, summary):  # stop_after_epoch: resumed next time
         return record
     if evaluate:
         started = time.time()
-        record["eval"] = evaluate_run(out, test_records, cfg.view, cfg.eval_batch_size, _device(cfg.device))
+        record["eval"] = evaluate_run(cfg.out_dir, test_records, cfg.view, cfg.eval_batch_size, _device(cfg.device))
         record["eval_seconds"] = round(time.time() - started, 1)
-    atomic_write_text(out / "done.json", json.dumps(record, indent=2))
+    atomic_write_text(Path(cfg.out_dir) / "done.json", json.dumps(record, indent=2))
+    return record
+
+
+def _train_and_evaluate_bridge(spec: BridgeSpec, cfg, profile: str, evaluate: bool) -> dict:
+    """Train a GeoBridge run, then evaluate its best checkpoint in every direction on the test
+    split (``eval/directions-queries.csv`` holds the per-query ranks)."""
+    from geotextloc.data.geoloc_manifest import read_geoloc
+    from geotextloc.eval.multiview import evaluate_multiview
+    from geotextloc.train.loop import load_checkpoint
+
+    summary, seconds = _train_timed(cfg)
+    record = {"run": spec.key, **dataclasses.asdict(spec), "task": "geobridge", "profile": profile,
+              "config": cfg.to_dict(), "summary": summary, "train_seconds": round(seconds, 1)}
+    if not _finished(cfg, summary):
+        return record
+    if evaluate:
+        out, started = Path(cfg.out_dir), time.time()
+        test = [r for r in read_geoloc(cfg.data_root, cfg.regions) if r.split == "test"]
+        model, preprocess, tokenizer, _ = load_checkpoint(out / "best.pt", _device(cfg.device))
+        report = evaluate_multiview(model, test, preprocess, tokenizer, scope=cfg.eval_scope,
+                                    batch_size=cfg.eval_batch_size)
+        report.to_csv(out / "eval" / "directions-queries.csv")
+        record["eval"] = {"checkpoint": "best.pt", **report.to_dict()}
+        record["eval_seconds"] = round(time.time() - started, 1)
+    atomic_write_text(Path(cfg.out_dir) / "done.json", json.dumps(record, indent=2))
     return record
 
 
@@ -375,9 +384,10 @@ def _device(device: str) -> str:
     return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def run_grid(specs: Sequence[RunSpec], profile: str, runs_dir: str | Path, data_root: str | Path | None = None,
+def run_grid(specs: Sequence[RunSpec | BridgeSpec], profile: str, runs_dir: str | Path, data_root: str | Path | None = None,
              overrides: dict | None = None, log=print) -> pd.DataFrame:
-    """Run every spec in order (finished ones are skipped); returns :func:`collect`'s table."""
+    """Run every spec in order (finished ones are skipped); returns :func:`collect`'s table of
+    the specs' task (one task per grid)."""
     for i, spec in enumerate(specs, 1):
         state = "done" if (Path(runs_dir) / spec.key / "done.json").exists() else "running"
         log(f"[{i}/{len(specs)}] {spec.key}: {state}")
@@ -389,21 +399,38 @@ def run_grid(specs: Sequence[RunSpec], profile: str, runs_dir: str | Path, data_
         if state == "running" and "eval" in record:
             best = record["summary"]["best_R@1"]
             log(f"[{i}/{len(specs)}] {spec.key}: trained in {record['train_seconds']:.0f} s"
-                + (f", best validation R@1 {best:.2f} %" if best is not None else ""))
-    return collect(runs_dir, specs)
+                + (f", best selection score {best:.2f} %" if best is not None else ""))
+    return collect(runs_dir, specs, task=_task_of(specs))
 
 
-def collect(runs_dir: str | Path, specs: Sequence[RunSpec] | None = None) -> pd.DataFrame:
-    """One row per (finished, evaluated run, test city, query group) with the protocol's metrics.
+def _task_of(specs: Sequence[RunSpec | BridgeSpec]) -> str:
+    tasks = {"geobridge" if isinstance(s, BridgeSpec) else "crosstext2loc" for s in specs}
+    if len(tasks) > 1:
+        raise ConfigError("a grid holds the runs of one task; plan CrossText2Loc and GeoBridge grids apart")
+    return tasks.pop() if tasks else "crosstext2loc"
 
-    ``specs`` restricts the table to those runs (default: every finished run under runs_dir).
+
+def collect(runs_dir: str | Path, specs: Sequence[RunSpec | BridgeSpec] | None = None,
+            task: str = "crosstext2loc") -> pd.DataFrame:
+    """The finished, evaluated runs of ``task`` under ``runs_dir`` as one table.
+
+    CrossText2Loc: one row per (run, test city, query group) with the protocol's metrics;
+    GeoBridge: one row per (run, direction) with R@1/5/10, AP and Count over the whole test
+    gallery. ``specs`` restricts the table to those runs (default: every finished run).
     """
     runs_dir = Path(runs_dir)
     keys = None if specs is None else {s.key for s in specs}
     rows = []
     for done in sorted(runs_dir.glob("*/*/seed*/done.json")):
         record = json.loads(done.read_text())
-        if "eval" not in record or (keys is not None and record["run"] not in keys):
+        if "eval" not in record or record.get("task", "crosstext2loc") != task \
+                or (keys is not None and record["run"] not in keys):
+            continue
+        if task == "geobridge":
+            for direction, metrics in record["eval"]["whole"].items():
+                rows.append({"run": record["run"], "mode": record["mode"], "missing_share": record["missing_share"],
+                             "seed": record["seed"], "direction": direction, **metrics,
+                             "train_seconds": record["train_seconds"]})
             continue
         for where, metrics in record["eval"]["results"].items():
             city, group = where.split("/")
@@ -411,99 +438,8 @@ def collect(runs_dir: str | Path, specs: Sequence[RunSpec] | None = None) -> pd.
                          "view": record["view"], "epe": record["epe"], "text_source": record["text_source"],
                          "seed": record["seed"], "city": city, "group": group, **metrics,
                          "train_seconds": record["train_seconds"]})
-    columns = ["run", "stage", "trained_on", "view", "epe", "text_source", "seed", "city", "group",
-               *METRIC_KEYS, "train_seconds"]
+    columns = (["run", "mode", "missing_share", "seed", "direction", *BRIDGE_KEYS, "train_seconds"]
+               if task == "geobridge" else
+               ["run", "stage", "trained_on", "view", "epe", "text_source", "seed", "city", "group",
+                *METRIC_KEYS, "train_seconds"])
     return pd.DataFrame(rows, columns=columns)
-
-
-def with_all_cities(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` plus rows with city ``all``: each run's groups pooled over its cities.
-
-    Every metric is a mean over queries, so the pooled value is the Count-weighted mean.
-    """
-    metrics = [k for k in METRIC_KEYS if k != "Count"]
-    keys = [c for c in table.columns if c not in (*METRIC_KEYS, "city")]
-    rows = []
-    for key, part in table.groupby(keys, dropna=False, sort=False):
-        weights = part["Count"].to_numpy(dtype=float)
-        pooled = {m: float((part[m].fillna(0.0) * weights).sum() / weights.sum()) if weights.sum() else float("nan")
-                  for m in metrics}
-        rows.append({**dict(zip(keys, key)), "city": "all", **pooled, "Count": int(weights.sum())})
-    return pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
-
-
-def mean_std(table: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = ("R@1", "R@5", "R@10", "L@50"),
-             ) -> pd.DataFrame:
-    """Mean and std over seeds of ``metrics`` per ``by`` group, plus the number of seeds."""
-    grouped = table.groupby(list(by))
-    out = grouped[list(metrics)].agg(["mean", "std"])
-    out[("seeds", "n")] = grouped["seed"].nunique()
-    return out
-
-
-def format_mean_std(stats: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
-    """``mean_std``'s table as "mean ± std" strings, one column per metric (just the mean
-    where there is one seed)."""
-    metrics = [m for m in stats.columns.get_level_values(0).unique() if m != "seeds"]
-
-    def cell(mean: float, std: float) -> str:
-        return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-    return pd.DataFrame({m: [cell(a, b) for a, b in zip(stats[(m, "mean")], stats[(m, "std")])] for m in metrics},
-                        index=stats.index)
-
-
-def loss_and_recall_curves(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, eval rows) of a run's ``metrics.jsonl``.
-
-    Eval rows (``epoch`` counted from 1) hold the selection split's R@1/5/10 and L@50, the split
-    (``val``: carved from the training places; ``test``: runs without ``val_share``) and its score.
-    """
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    train = pd.DataFrame([r for r in rows if r["kind"] == "train"])
-    evals = pd.DataFrame([{"epoch": r["epoch"] + 1, "step": r["step"], "split": r.get("split", "test"),
-                           "score": r.get("score", r["overall"]["R@1"]),
-                           **{k: r["overall"][k] for k in ("R@1", "R@5", "R@10", "L@50")}}
-                          for r in rows if r["kind"] == "eval"],
-                         columns=["epoch", "step", "split", "score", "R@1", "R@5", "R@10", "L@50"])
-    return train, evals
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "experiments", help="run a CrossText2Loc grid (views x EPE variants x text sources x seeds), resumable",
-        description="Stage-1 runs first where the profile has a stage 1 (scratch), then the variants; "
-                    "finished runs are skipped, interrupted ones resumed. "
-                    "Writes <runs-dir>/results.csv (one row per run, city and query group).")
-    p.add_argument("--profile", default="tiny", choices=profiles.PROFILES)
-    p.add_argument("--data-dir", help="release root (default: the profile's data_root)")
-    p.add_argument("--runs-dir", help="where runs go (default runs/<profile>)")
-    p.add_argument("--views", default="osm", help="comma-separated: sat,osm")
-    p.add_argument("--variants", default="interpolate", help="comma-separated EPE variants")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds")
-    p.add_argument("--text-sources", default="full", help="comma-separated: full,direct")
-    p.add_argument("--pretrain-seed", type=int, default=None,
-                   help="start every stage-2 run from the stage-1 run of this seed (default: its own seed)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides for both stages; pretrain.key=value / finetune.key=value for one")
-    p.set_defaults(func=_run_experiments)
-
-
-def _run_experiments(args) -> int:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    def split(text: str) -> list[str]:
-        return [item.strip() for item in text.split(",") if item.strip()]
-
-    specs = plan(args.profile, split(args.views), split(args.variants), [int(s) for s in split(args.seeds)],
-                 split(args.text_sources), pretrain_seed=args.pretrain_seed)
-    runs_dir = Path(args.runs_dir or f"runs/{args.profile}")
-    table = run_grid(specs, args.profile, runs_dir, args.data_dir, profiles.parse_overrides(args.overrides))
-    atomic_write_text(runs_dir / "results.csv", table.to_csv(index=False))
-    if len(table):
-        print(format_mean_std(mean_std(table, ["view", "epe", "text_source", "city", "group"])).to_string())
-    print(f"wrote {runs_dir / 'results.csv'}")
-    return 0
