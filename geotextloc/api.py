@@ -73,10 +73,11 @@ def evaluate(model: Model, records: Sequence, scope: int | None = 100, view: str
 
 
 def search(index: str | Path, text: str | Sequence[str], k: int = 5, near: tuple[float, float] | None = None,
-           scope: int = 100):
+           scope: int = 100, radius_km: float | None = None):
     """Top-``k`` tiles of a saved gallery index for one description (or several); ``near``
-    (lat, lon): rank only the ``scope`` tiles nearest to it."""
+    (lat, lon): rank only the ``scope`` tiles nearest to it, or with ``radius_km`` every tile
+    within that many km."""
     from geotextloc.eval.index import GalleryIndex
 
     texts = [text] if isinstance(text, str) else list(text)
-    return GalleryIndex.load(index).search_text(texts, k=k, near=near, scope=scope)
+    return GalleryIndex.load(index).search_text(texts, k=k, near=near, scope=scope, radius_km=radius_km)

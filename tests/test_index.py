@@ -255,7 +255,10 @@ def test_index_command_builds_a_searchable_gallery_from_a_checkpoint(tmp_path, m
     done = run_cli("index", "--checkpoint", str(tmp_path / "tiny.pt"), "--model", "geotextloc-tiny", "--data", str(root),
                    "--version", "NewYork", "--view", "osm", "--split", "test", "--out", str(tmp_path / "idx"))
     assert done.returncode == 0, done.stderr
+    assert "flat index (exact), compress none" in done.stdout  # auto: a small gallery is searched exactly
+    assert "recall@10 1.000 against exact search on 2 held-out queries" in done.stdout
     index = GalleryIndex.load(tmp_path / "idx")
+    assert index.kind == "flat" and index.recall_at_10 == 1.0
     test_names = sorted(json.loads((root / "CVG-text" / "NewYork" / "test.json").read_text()))
     assert [r["name"] for r in index.records] == test_names
     assert index.encoder["kind"] == "open_clip" and Path(index.encoder["checkpoint"]).is_file()
@@ -265,3 +268,201 @@ def test_index_command_builds_a_searchable_gallery_from_a_checkpoint(tmp_path, m
     assert np.all(np.abs(result.scores) <= 1.0 + 1e-5)
     done = run_cli("search", "--index", str(tmp_path / "idx"), "a bus stop by a park", "--k", "1")
     assert done.returncode == 0 and done.stdout.splitlines()[1].split()[-1] == result.names[0][0]
+
+
+# ---------------------------------------------------------------- scale: auto, recall, compression
+
+
+def clustered_gallery(n: int, dim: int, seed: int):
+    """n unit vectors: 50 random centres, each row a centre plus Gaussian noise of twice its norm
+    (overlapping clusters: IVF needs more than FAISS's usual 16 lists probed)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, 50, n)] + 2 * rng.standard_normal((n, dim)).astype(np.float32)
+    return unit(vectors), city_names(n, rng)
+
+
+def recomputed_recall(index: GalleryIndex, vectors: np.ndarray) -> float:
+    """recall@10 as the module documents it: 500 gallery rows (default_rng(0).choice, sorted),
+    each plus N(0, I/dim) noise drawn next, re-normalised; exact top 10 by NumPy dot products."""
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(len(vectors), 500, replace=False))
+    noise = rng.standard_normal((500, vectors.shape[1]), dtype=np.float32) / np.float32(np.sqrt(vectors.shape[1]))
+    queries = unit(vectors[rows] + noise)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    return recall_at_10(index.search(queries, k=10), type("Exact", (), {"indices": exact}))
+
+
+def test_auto_builds_flat_up_to_flat_max_and_ivf_above_with_measured_recall(tmp_path):
+    vectors, names = clustered_gallery(5000, 64, seed=7)
+    small = GalleryIndex(vectors, names, kind="auto", flat_max=5000)
+    assert small.kind == "flat" and small.recall_at_10 == 1.0 and small.recall_sample == 500
+    large = GalleryIndex(vectors, names, kind="auto", flat_max=4999)
+    assert large.kind == "ivf" and large.params["nlist"] == 128
+    large.save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    assert meta["kind"] == "ivf" and meta["compress"] == "none" and meta["recall_sample"] == 500
+    assert meta["recall_at_10"] >= 0.95 and meta["params"] == large.params
+    back = GalleryIndex.load(tmp_path / "idx")
+    assert back.recall_at_10 == meta["recall_at_10"] == pytest.approx(recomputed_recall(back, vectors), abs=1e-12)
+    # The build widened the search: at FAISS's nprobe 16 the same index falls short of 0.95.
+    assert meta["params"]["nprobe"] > 16
+    back.params["nprobe"] = 16
+    assert recomputed_recall(back, vectors) < 0.95
+
+
+@pytest.mark.parametrize("kind, compress", [("flat", "float16"), ("ivf", "float16"), ("hnsw", "float16"),
+                                            ("ivf", "pq")])
+def test_compressed_indexes_save_load_search_and_report_recall(tmp_path, kind, compress):
+    vectors, names = clustered_gallery(3000, 32, seed=3)
+    GalleryIndex(vectors, names, kind=kind).save(tmp_path / "plain")
+    index = GalleryIndex(vectors, names, kind=kind, compress=compress)
+    index.save(tmp_path / "idx")
+    stored = np.load(tmp_path / "idx" / "embeddings.npy")
+    assert stored.dtype == np.float16 and stored.shape == (3000, 32)
+    back = GalleryIndex.load(tmp_path / "idx")
+    assert back.kind == kind and back.compress == compress and back.params == index.params
+    np.testing.assert_array_equal(back.embeddings, stored.astype(np.float32))
+    np.testing.assert_array_equal(back.embeddings, index.embeddings)
+    assert back.recall_at_10 == index.recall_at_10 >= 0.95
+    assert back.recall_at_10 == pytest.approx(recomputed_recall(back, vectors), abs=1e-12)
+    queries = vectors[:50] + 0.1
+    a, b = index.search(queries, k=10), back.search(queries, k=10)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.scores, b.scores)
+    # within 1e-3 of the float32 cosine (pq: the shortlist is re-scored with the stored rows)
+    exact = np.take_along_axis(unit(queries) @ vectors.T, b.indices, axis=1)
+    np.testing.assert_allclose(b.scores, exact, atol=1e-3)
+    size = {folder: {f: (tmp_path / folder / f).stat().st_size for f in ("embeddings.npy", "index.faiss")}
+            for folder in ("plain", "idx")}
+    assert size["idx"]["embeddings.npy"] - 128 < size["plain"]["embeddings.npy"] / 2
+    assert size["idx"]["index.faiss"] < size["plain"]["index.faiss"] * (0.2 if compress == "pq" else 0.9)
+
+
+def test_an_index_saved_before_compression_and_recall_still_loads(tmp_path):
+    vectors, names = clustered_gallery(300, 16, seed=1)
+    GalleryIndex(vectors, names).save(tmp_path / "idx")
+    meta_file = tmp_path / "idx" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    for key in ("compress", "recall_at_10", "recall_sample"):
+        meta.pop(key)
+    meta_file.write_text(json.dumps(meta))
+    back = GalleryIndex.load(tmp_path / "idx")
+    assert back.compress == "none" and back.recall_at_10 is None and back.recall_sample is None
+    back.save(tmp_path / "again")
+    assert "recall_at_10" not in json.loads((tmp_path / "again" / "meta.json").read_text())
+    assert GalleryIndex.load(tmp_path / "again").search(vectors[:3], k=1).indices.ravel().tolist() == [0, 1, 2]
+
+
+def test_auto_and_compression_refuse_bad_choices():
+    vectors, names = clustered_gallery(300, 16, seed=2)
+    with pytest.raises(ConfigError, match="chooses its own parameters"):
+        GalleryIndex(vectors, names, kind="auto", params={"nprobe": 4})
+    with pytest.raises(ConfigError, match="unknown compress 'zip'"):
+        GalleryIndex(vectors, names, compress="zip")
+    with pytest.raises(ConfigError, match="use kind 'ivf' or 'auto'"):
+        GalleryIndex(vectors, names, kind="hnsw", compress="pq")
+    with pytest.raises(ConfigError, match="at least 256 tiles"):
+        GalleryIndex(vectors[:200], names[:200], kind="ivf", compress="pq")
+    with pytest.raises(ConfigError, match="subvectors dividing dim 16"):
+        GalleryIndex(vectors, names, kind="ivf", compress="pq", params={"subvectors": 3})
+    with pytest.raises(ConfigError, match="flat_max"):
+        GalleryIndex(vectors, names, kind="auto", flat_max=-1)
+
+
+# ---------------------------------------------------------------- search near a point, at scale
+
+
+def exact_vectors(n: int, rng) -> np.ndarray:
+    """Rows with four entries of +-1 (norm 2): once normalised every dot product is a sum of
+    +-0.25, exact in any order, so equal scores are equal and both searches see the same numbers."""
+    out = np.zeros((n, 8), dtype=np.float32)
+    for row in out:
+        row[rng.choice(8, 4, replace=False)] = rng.choice([-1.0, 1.0], 4)
+    return out
+
+
+def old_search_near(index, queries, k, near, scope):
+    """The all-pairs geo-scoped search that SpatialIndex replaced: distances to the whole gallery,
+    the protocol's scoped_ranking, the top k."""
+    from geotextloc.eval.metrics import scoped_ranking
+
+    q = unit(queries)
+    dist = haversine_km(near[:, :1], near[:, 1:], index.lat, index.lon)
+    sim = q @ index.embeddings.T
+    ranked = scoped_ranking(sim, dist, scope)[:, :k]
+    return ranked, np.take_along_axis(sim, ranked, axis=1), np.take_along_axis(dist, ranked, axis=1)
+
+
+def shared_point_gallery(rng):
+    """600 tiles, many sharing coordinates (rounded to ~11 m), in gallery order shuffled."""
+    lat = np.round(40.75 + rng.uniform(-0.003, 0.003, 600), 4)
+    lon = np.round(-73.98 + rng.uniform(-0.003, 0.003, 600), 4)
+    lat[:80], lon[:80] = 40.75, -73.98  # 80 tiles at one point: more than a scope of 30
+    names = [f"{a:.4f},{b:.4f}_t{i}.png" for i, (a, b) in enumerate(zip(lat, lon))]
+    return GalleryIndex(exact_vectors(600, rng), names)
+
+
+def test_search_near_equals_the_all_pairs_search():
+    rng = np.random.default_rng(17)
+    index = shared_point_gallery(rng)
+    queries = exact_vectors(12, rng)
+    near = np.column_stack([np.round(40.75 + rng.uniform(-0.003, 0.003, 12), 4),
+                            np.round(-73.98 + rng.uniform(-0.003, 0.003, 12), 4)])
+    near[:3] = [40.75, -73.98]
+    for k, scope in [(10, 30), (30, 30), (50, 30), (5, 100), (10, 1), (10, None), (700, 1000)]:
+        got = index.search(queries, k=k, near=near, scope=scope)
+        indices, scores, distance = old_search_near(index, queries, k, near, scope)
+        np.testing.assert_array_equal(got.indices, indices)
+        np.testing.assert_array_equal(got.scores, scores)
+        np.testing.assert_array_equal(got.distance_km, distance)
+
+
+def test_search_within_a_radius():
+    rng = np.random.default_rng(23)
+    index = shared_point_gallery(rng)
+    queries = exact_vectors(4, rng)
+    near = np.array([[40.75, -73.98], [40.7512, -73.9788], [40.7530, -73.9770], [40.80, -73.90]])
+    dist = haversine_km(near[:, :1], near[:, 1:], index.lat, index.lon)
+    sim = unit(queries) @ index.embeddings.T
+    for radius in (0.05, 0.2, 0.5):
+        got = index.search(queries, k=40, near=near, radius_km=radius)
+        for i in range(len(queries)):
+            inside = np.flatnonzero(dist[i] <= radius)
+            want = sorted(inside, key=lambda j: (-sim[i, j], dist[i, j], j))[:40]
+            assert got.indices[i, : len(want)].tolist() == want
+            assert (got.indices[i, len(want):] == -1).all() and np.isnan(got.scores[i, len(want):]).all()
+            assert got.names[i][len(want):] == [""] * (40 - len(want))
+            np.testing.assert_array_equal(got.distance_km[i, : len(want)], dist[i, want])
+    assert (got.indices[3] == -1).all()  # nothing within 0.5 km of the last point
+    assert (index.search(queries, k=5, near=near, radius_km=1.0).indices[:3] >= 0).all()
+    with pytest.raises(ConfigError, match="radius"):
+        index.search(queries, k=5, near=near, radius_km=0)
+    with pytest.raises(ConfigError, match="radius_km needs near"):
+        index.search(queries, k=5, radius_km=1.0)
+
+
+def test_search_command_with_a_radius(tmp_path):
+    GalleryIndex.from_texts(list(TILES), list(TILES.values())).save(tmp_path / "idx")
+    # Within 0.9 km of the church: the church, the library (0.52 km), the tower (0.86 km); not
+    # the square (0.91 km) nor the exchange (5.8 km).
+    done = run_cli("search", "--index", str(tmp_path / "idx"), "stone lions and wide steps",
+                   "--near", "40.7527,-73.9772", "--radius", "0.9")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["rank", "score", "lat", "lon", "km", "name"]
+    rows = [line.split() for line in lines[1:]]
+    assert rows[0][-1] == "40.7536000,-73.9832000_library.png"
+    assert sorted(row[-1].split("_")[1] for row in rows) == ["church.png", "library.png", "tower.png"]
+    assert all(float(row[4]) <= 0.9 for row in rows)
+    done = run_cli("search", "--index", str(tmp_path / "idx"), "x", "--near", "10,10", "--radius", "5")
+    assert done.returncode == 0 and done.stdout.strip() == "no tile within 5 km of 10.0,10.0"
+    for args, message in [
+        (["--radius", "1"], "--radius needs --near"),
+        (["--near", "40.75,-73.98", "--radius", "1", "--scope", "3"], "not both"),
+        (["--near", "40.75,-73.98", "--radius", "0"], "--radius must be a positive number"),
+        (["--near", "40.75,-73.98", "--radius", "nan"], "--radius must be a positive number"),
+    ]:
+        done = run_cli("search", "--index", str(tmp_path / "idx"), "x", *args)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and message in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from geotextloc.data.release import PANORAMA, parse_name
 from geotextloc.errors import ConfigError, DataError
-from geotextloc.eval import evaluate
+from geotextloc.eval import evaluate, evaluate_embeddings
 from geotextloc.eval.metrics import METRIC_KEYS, haversine_km
 
 KM_PER_DEGREE = 6371.0 * math.pi / 180  # arc length of one degree on the R = 6371 km sphere
@@ -227,3 +228,169 @@ def test_bad_inputs_raise_one_line_errors():
             evaluate(np.zeros((1, 1)), [a], [a], scope=scope)
     with pytest.raises(DataError, match="texts"):
         evaluate(np.zeros((1, 1)), [a], [a], texts=["x", "y"])
+
+
+# ---------------------------------------------------------------- protocol at scale
+
+
+def matrix_reference(similarity, queries, gallery, scope):
+    """Per-query rank, deviation and top-5 from the full haversine matrix, a stable argsort by
+    distance, a stable argsort by score among the candidates, and dedup in a Python loop."""
+    q, g = [parse_name(n) for n in queries], [parse_name(n) for n in gallery]
+    dist = haversine_km(np.array([x.lat for x in q])[:, None], np.array([x.lon for x in q])[:, None],
+                        np.array([x.lat for x in g]), np.array([x.lon for x in g]))
+    ranks, deviations, tops = [], [], []
+    for i, query in enumerate(queries):
+        candidates = np.argsort(dist[i], kind="stable")[:scope]  # [:None] is the whole gallery
+        ranked = candidates[np.argsort(-np.asarray(similarity[i])[candidates], kind="stable")]
+        names, first = [], []
+        for j in ranked:
+            if gallery[j] not in names:
+                names.append(gallery[j])
+                first.append(j)
+        ranks.append(names.index(query) + 1 if query in names else None)
+        deviations.append(0.0 if names[0] == query else float(dist[i, first[0]]))
+        tops.append((names + [""] * 5)[:5])
+    return ranks, deviations, tops
+
+
+def assert_table_is(report, ranks, deviations, tops):
+    table = report.table
+    assert [None if pd.isna(r) else int(r) for r in table["rank"]] == ranks
+    assert table["deviation_km"].tolist() == deviations  # the same haversine, bit for bit
+    assert table[[f"top{j}" for j in range(1, 6)]].values.tolist() == tops
+    assert table["hit"].tolist() == [r == 1 for r in ranks]
+
+
+def city_case(rng, n_gallery, n_queries, dim=6, decimals=4, duplicates=0):
+    """Names around Midtown on a grid (shared coordinates), some gallery names twice, and small
+    integer embeddings: every dot product is exact, so scores tie often and both entry points
+    see the same numbers."""
+    lat = np.round(40.75 + rng.uniform(-0.02, 0.02, n_gallery), decimals)
+    lon = np.round(-73.98 + rng.uniform(-0.02, 0.02, n_gallery), decimals)
+    names = [(panorama if i % 3 else single)(a, b, f"x{i}") for i, (a, b) in enumerate(zip(lat, lon))]
+    extra = rng.choice(n_gallery, duplicates, replace=False)
+    gallery = names + [names[j] for j in extra]
+    g_emb = rng.integers(-2, 3, (n_gallery, dim)).astype(np.float32)
+    g_emb = np.concatenate([g_emb, rng.integers(-2, 3, (duplicates, dim)).astype(np.float32)])
+    order = rng.permutation(len(gallery))
+    gallery, g_emb = [gallery[j] for j in order], g_emb[order]
+    pick = rng.choice(n_gallery, n_queries, replace=n_queries > n_gallery)
+    queries = [names[j] for j in pick]
+    q_emb = rng.integers(-2, 3, (n_queries, dim)).astype(np.float32)
+    return q_emb, g_emb, queries, gallery
+
+
+@pytest.mark.parametrize("scope", [1, 5, 100, None, 2000])
+def test_both_entry_points_match_the_matrix_reference(scope):
+    rng = np.random.default_rng(21)
+    q_emb, g_emb, queries, gallery = city_case(rng, 900, 500, duplicates=60)
+    similarity = q_emb @ g_emb.T
+    want = matrix_reference(similarity, queries, gallery, scope)
+    from_matrix = evaluate(similarity, queries, gallery, scope=scope)
+    from_embeddings = evaluate_embeddings(q_emb, g_emb, queries, gallery, scope=scope)
+    assert_table_is(from_matrix, *want)
+    assert_table_is(from_embeddings, *want)
+    pd.testing.assert_frame_equal(from_matrix.table, from_embeddings.table)
+    assert str(from_matrix) == str(from_embeddings)
+
+
+def test_entry_points_agree_in_any_chunks_with_torch_inputs():
+    rng = np.random.default_rng(5)
+    q_emb, g_emb, queries, gallery = city_case(rng, 300, 120, dim=4, decimals=3, duplicates=20)
+    want = matrix_reference(q_emb @ g_emb.T, queries, gallery, 100)
+    for chunk in (1, 7, 120, None):
+        assert_table_is(evaluate_embeddings(q_emb, g_emb, queries, gallery, chunk_size=chunk), *want)
+        assert_table_is(evaluate(q_emb @ g_emb.T, queries, gallery, chunk_size=chunk), *want)
+    got = evaluate_embeddings(torch.from_numpy(q_emb), torch.from_numpy(g_emb).to(torch.bfloat16), queries, gallery)
+    assert_table_is(got, *want)  # small integers are exact in bfloat16
+
+
+def test_random_float_embeddings_match_the_reference():
+    """Continuous scores: only rounding could tell the two dot products apart, and at this size it does not."""
+    rng = np.random.default_rng(8)
+    n = 2000
+    names = [panorama(a, b, f"p{i}") for i, (a, b) in
+             enumerate(zip(40.75 + rng.uniform(-0.03, 0.03, n), -73.98 + rng.uniform(-0.03, 0.03, n)))]
+    g_emb = rng.standard_normal((n, 64)).astype(np.float32)
+    q_emb = g_emb[:700] + 0.8 * rng.standard_normal((700, 64)).astype(np.float32)
+    similarity = q_emb.astype(np.float64) @ g_emb.T.astype(np.float64)
+    want = matrix_reference(similarity, names[:700], names, 100)
+    assert_table_is(evaluate_embeddings(q_emb.astype(np.float64), g_emb.astype(np.float64), names[:700], names), *want)
+    assert_table_is(evaluate(similarity, names[:700], names), *want)
+
+
+def test_many_tiles_at_one_point_and_ties_at_the_scope_edge():
+    """250 gallery tiles share one point (more than the scope), 40 more share a second point 50 m
+    away whose group straddles the 100th place from queries between them; all scores are equal
+    in one run (the answer is the tie-break) and few-valued in the other."""
+    rng = np.random.default_rng(2)
+    lat = np.concatenate([np.full(250, 40.75), np.full(40, 40.75045), 40.75 + rng.uniform(0.001, 0.01, 100)])
+    lon = np.concatenate([np.full(290, -73.98), -73.98 + rng.uniform(0.001, 0.01, 100)])
+    lat, lon = np.concatenate([lat, np.full(60, 40.7503)]), np.concatenate([lon, np.full(60, -73.98)])
+    gallery = [single(a, b, f"s{i}") for i, (a, b) in enumerate(zip(lat, lon))]
+    gallery = [gallery[j] for j in rng.permutation(len(gallery))]
+    queries = gallery[::3]
+    for g_emb in (np.ones((len(gallery), 3), np.float32), rng.integers(0, 2, (len(gallery), 3)).astype(np.float32)):
+        q_emb = np.ones((len(queries), 3), np.float32)
+        for scope in (100, 250, 251, 300, 310, 350):
+            want = matrix_reference(q_emb @ g_emb.T, queries, gallery, scope)
+            assert_table_is(evaluate_embeddings(q_emb, g_emb, queries, gallery, scope=scope), *want)
+            assert_table_is(evaluate(q_emb @ g_emb.T, queries, gallery, scope=scope), *want)
+
+
+def test_antimeridian_and_poles():
+    rng = np.random.default_rng(4)
+    n = 400
+    lat = np.concatenate([rng.uniform(-1, 1, n // 2), rng.uniform(89.9, 90.0, n // 4),
+                          rng.uniform(-90, -89.95, n // 4)])
+    lon = np.concatenate([np.where(rng.random(n // 2) < 0.5, rng.uniform(179.9, 180, n // 2),
+                                   rng.uniform(-180, -179.9, n // 2)), rng.uniform(-180, 180, n // 2)])
+    lat[:5], lon[:5] = [90.0, -90.0, 0.0, 0.0, 89.99999], [0.0, 0.0, 180.0, -180.0, 10.0]
+    gallery = [single(round(a, 6), round(b, 6), f"w{i}") for i, (a, b) in enumerate(zip(lat, lon))]
+    g_emb = rng.integers(-1, 2, (n, 4)).astype(np.float32)
+    q_emb = rng.integers(-1, 2, (150, 4)).astype(np.float32)
+    queries = gallery[:150]
+    for scope in (1, 10, 100):
+        want = matrix_reference(q_emb @ g_emb.T, queries, gallery, scope)
+        assert_table_is(evaluate_embeddings(q_emb, g_emb, queries, gallery, scope=scope), *want)
+        assert_table_is(evaluate(q_emb @ g_emb.T, queries, gallery, scope=scope), *want)
+
+
+def test_embeddings_entry_point_never_holds_queries_x_gallery():
+    rng = np.random.default_rng(9)
+    n = 4000
+    names = [single(a, b, f"m{i}") for i, (a, b) in
+             enumerate(zip(40.75 + rng.uniform(-0.03, 0.03, n), -73.98 + rng.uniform(-0.03, 0.03, n)))]
+    emb = rng.standard_normal((n, 16)).astype(np.float32)
+    evaluate_embeddings(emb, emb, names, names)  # imports and caches outside the measurement
+    tracemalloc.start()
+    try:
+        evaluate_embeddings(emb, emb, names, names)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n * n * 4 / 4  # a quarter of the float32 similarity matrix (64 MB)
+
+
+def test_embeddings_bad_inputs_raise_one_line_errors():
+    a, b = single(1.0, 1.0, "a"), single(1.0, 1.1, "b")
+    emb = np.ones((2, 3), np.float32)
+    with pytest.raises(DataError, match="shapes"):
+        evaluate_embeddings(emb, np.ones((2, 4)), [a, b], [a, b])
+    with pytest.raises(DataError, match="shapes"):
+        evaluate_embeddings(emb, emb, [a], [a, b])
+    with pytest.raises(DataError, match="shapes"):
+        evaluate_embeddings(np.ones(3), emb, [a], [a, b])
+    with pytest.raises(DataError, match=r"query '1\.0,1\.1_b\.jpg' is not finite"):
+        evaluate_embeddings(np.array([[1.0, 0, 0], [np.nan, 0, 0]]), emb, [a, b], [a, b])
+    with pytest.raises(DataError, match=r"gallery item '1\.0,1\.0_a\.jpg' is not finite"):
+        evaluate_embeddings(emb, np.array([[np.inf, 0, 0], [1.0, 0, 0]]), [a, b], [a, b])
+    with pytest.raises(DataError, match="no gallery item"):
+        evaluate_embeddings(emb, emb[:1], [a, b], [a])
+    with pytest.raises(ConfigError, match="scope"):
+        evaluate_embeddings(emb, emb, [a, b], [a, b], scope=0)
+    with pytest.raises(DataError, match="texts"):
+        evaluate_embeddings(emb, emb, [a, b], [a, b], texts=["x"])
+    empty = evaluate_embeddings(np.zeros((0, 3)), emb, [], [a, b])
+    assert empty.to_dict()["overall"]["Count"] == 0

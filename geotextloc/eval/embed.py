@@ -9,7 +9,8 @@ stem or text tower gets its own entries). The result equals the model's own forw
 maps are kept in float16).
 
 similarity[i, j] = cos(text_i, tile_j) = g_i . f_j; the protocol (geo-scoped ranking, R@k,
-L@m, deviation) is :func:`geotextloc.eval.evaluate`.
+L@m, deviation) is :func:`geotextloc.eval.evaluate_embeddings`, which scores each query's
+candidates only (no queries x gallery matrix).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from geotextloc.data.images import Images, image_batches, image_paths, one_per_name
-from geotextloc.eval.metrics import ProtocolReport, evaluate
+from geotextloc.eval.metrics import ProtocolReport, evaluate_embeddings
 from geotextloc.models import stages
 from geotextloc.views import GEOBRIDGE_VIEWS, TEXT
 
@@ -164,5 +165,5 @@ def evaluate_model(
         queries = embed_texts(model, texts, tokenizer, batch_size, progress)
     finally:
         model.train(was_training)
-    similarity = queries @ tiles.T
-    return evaluate(similarity, [r.name for r in records], [r.name for r in gallery], scope=scope, texts=texts)
+    return evaluate_embeddings(queries, tiles, [r.name for r in records], [r.name for r in gallery],
+                               scope=scope, texts=texts)

@@ -22,14 +22,21 @@ Reported in percent (Deviation: mean dev_i in km) for ``overall``, ``panorama`` 
 ``single_view`` queries with their ``Count``; a group without queries gives NaN, Count 0.
 A query whose name is not in the gallery is an error (DataError), not a miss.
 
-Vectorised over chunks of queries: per chunk, distances to the whole gallery, a partition
-for the scope, a sort of the M candidates; memory is O(chunk x gallery), not O(queries x gallery).
-``scope=None`` sorts whole gallery rows (O(G log G) per query): fine for small galleries only.
+Two entry points, one rule: :func:`evaluate` reads a given (queries x gallery) similarity
+array; :func:`evaluate_embeddings` scores only the candidates, s_ij = <q_i, g_j> (the given
+embeddings' dot products, in their dtype, at least float32), so nothing of size queries x
+gallery is ever held. The candidates come from a KD-tree on the unit sphere
+(:class:`geotextloc.eval.spatial.SpatialIndex`), decided by the haversine above, so they equal
+the all-pairs rule. Queries run in chunks of nearby ones; memory beyond the inputs is
+O(gallery + chunk x M). :func:`evaluate_embeddings` scores each block of SCORED_TOGETHER nearby
+queries with one matrix product against the gallery rows of their candidates' union (nearby
+queries share most candidates). ``scope=None`` ranks whole gallery rows (distances to every
+tile, O(G log G) per query): fine for small galleries only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,8 @@ METRIC_KEYS = ("R@1", "R@5", "R@10", "L@50", "L@100", "L@150", "Deviation", "Cou
 GROUPS = {"overall": None, "panorama": PANORAMA, "single_view": SINGLE}
 TOP_SHOWN = 5
 PAIRS_PER_CHUNK = 1 << 22  # query x gallery distances held at once (~32 MB of float64)
+CANDIDATES_PER_CHUNK = 1 << 14  # query x candidate pairs held at once
+SCORED_TOGETHER = 32  # nearby queries scored by one product with the union of their candidates
 
 
 def half_angles(lat, lon) -> tuple[np.ndarray, ...]:
@@ -119,6 +128,13 @@ def scoped_ranking(similarity: np.ndarray, distance: np.ndarray, scope: int | No
     return np.take_along_axis(cand, order, axis=1)
 
 
+def rank_by_score(candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``candidates`` (rows, m), nearest first with ties in gallery order (as
+    :meth:`~geotextloc.eval.spatial.SpatialIndex.nearest` gives them), reordered by ``scores``
+    descending; equal scores keep that order (nearer, then gallery order), as :func:`scoped_ranking`."""
+    return np.take_along_axis(candidates, np.argsort(-scores, axis=1, kind="stable"), axis=1)
+
+
 def first_occurrence(ids: np.ndarray) -> np.ndarray:
     """Boolean mask, True where ``ids[r, j]`` does not appear earlier in row r."""
     order = np.argsort(ids, axis=1, kind="stable")
@@ -168,15 +184,142 @@ def _summarise(table: pd.DataFrame, view: str | None) -> dict[str, float]:
     return out | {"Deviation": float(deviation.mean()), "Count": len(rows)}
 
 
-def _as_numpy(similarity: Any) -> np.ndarray:
+def _as_numpy(array: Any) -> np.ndarray:
     """numpy view of a numpy array or (any-device) torch tensor, without copying CPU data."""
-    if hasattr(similarity, "detach"):  # torch.Tensor, without importing torch
-        tensor = similarity.detach()
+    if hasattr(array, "detach"):  # torch.Tensor, without importing torch
+        tensor = array.detach()
         if str(tensor.dtype) == "torch.bfloat16":
             tensor = tensor.float()  # numpy has no bfloat16
-        similarity = tensor.cpu().numpy()
-    array = np.asarray(similarity)
+        array = tensor.cpu().numpy()
+    array = np.asarray(array)
     return array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float64)
+
+
+@dataclass
+class _Names:
+    """What both entry points know from the names: coordinates (degrees, and their
+    :func:`half_angles`), views, and integer ids of the names for the vectorised dedup."""
+
+    queries: list[str]
+    gallery: list[str]
+    views: list[str]
+    q_lat: np.ndarray
+    q_lon: np.ndarray
+    g_lat: np.ndarray
+    g_lon: np.ndarray
+    q_trig: tuple[np.ndarray, ...]
+    g_trig: tuple[np.ndarray, ...]
+    g_ids: np.ndarray  # gallery position -> id of its name (duplicate names share one)
+    true_ids: np.ndarray  # query -> id of its name
+
+
+def _coordinates(names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Latitudes, longitudes (degrees) and views parsed from release names (DataError if malformed)."""
+    lat, lon, views = np.empty(len(names)), np.empty(len(names)), []
+    for i, name in enumerate(names):
+        info = parse_name(name)
+        lat[i], lon[i] = info.lat, info.lon
+        views.append(info.view)
+    return lat, lon, views
+
+
+def _names(queries: list[str], gallery: list[str], scope: Any, texts: Sequence[str] | None) -> _Names:
+    """Check the options and names (ConfigError, DataError) and parse the names once."""
+    if scope is not None and (isinstance(scope, bool) or not isinstance(scope, (int, np.integer)) or scope < 1):
+        raise ConfigError(f"scope must be a positive integer or None, got {scope!r}")
+    if texts is not None and len(texts) != len(queries):
+        raise DataError(f"texts has {len(texts)} entries for {len(queries)} queries; give one text per query")
+    name_id: dict[str, int] = {}
+    g_ids = np.array([name_id.setdefault(name, len(name_id)) for name in gallery], dtype=np.int64)
+    g_lat, g_lon, _ = _coordinates(gallery)
+    q_lat, q_lon, views = _coordinates(queries)
+    missing = [name for name in queries if name not in name_id]
+    if missing:
+        raise DataError(
+            f"query {missing[0]!r} ({len(missing)} in all) has no gallery item of the same name; "
+            "every query's true tile must be in the gallery"
+        )
+    true_ids = np.array([name_id[name] for name in queries], dtype=np.int64)
+    return _Names(queries, gallery, views, q_lat, q_lon, g_lat, g_lon, half_angles(q_lat, q_lon),
+                  half_angles(g_lat, g_lon), g_ids, true_ids)
+
+
+Rows = slice | np.ndarray  # query rows: a slice, or positions in spatial order
+Scores = Callable[[Rows, np.ndarray | None], np.ndarray]
+
+
+def _ranked(names: _Names, scope: int | None, chunk: int, scores: Scores) -> Iterator[tuple[Rows, np.ndarray]]:
+    """Steps 1-2 per chunk of queries: (rows, their candidates' gallery indices, best first).
+
+    ``scores(rows, candidates)``: the similarities of those query rows to their candidates
+    (rows, M), or to the whole gallery (rows, G) when ``candidates`` is None. With a scope,
+    chunks are made of nearby queries (their candidates overlap, which :func:`evaluate_embeddings`
+    uses and which keeps the tree's walks in cache).
+    """
+    n_q = len(names.queries)
+    if n_q == 0:
+        return
+    if scope is None:
+        for start in range(0, n_q, chunk):
+            rows = slice(start, min(start + chunk, n_q))
+            dist = haversine_from_half_angles(tuple(t[rows, None] for t in names.q_trig), names.g_trig)
+            yield rows, scoped_ranking(scores(rows, None), dist, None)
+        return
+    from geotextloc.eval.spatial import SpatialIndex, spatial_order  # here: spatial uses this module's haversine
+
+    spatial = SpatialIndex(names.g_lat, names.g_lon)
+    order = spatial_order(names.q_lat, names.q_lon)
+    for start in range(0, n_q, chunk):
+        rows = order[start : start + chunk]
+        candidates, _ = spatial.nearest(names.q_lat[rows], names.q_lon[rows], scope)
+        yield rows, rank_by_score(candidates, scores(rows, candidates))
+
+
+def _report(names: _Names, ranked: Iterator[tuple[Rows, np.ndarray]], scope: int | None,
+            texts: Sequence[str] | None) -> ProtocolReport:
+    """Steps 3-4 on each chunk's ranked candidates: dedup of names, rank of the true name,
+    deviation of the top-1, the top-5 names; then the per-query table."""
+    n_q = len(names.queries)
+    rank = np.full(n_q, -1, dtype=np.int64)
+    deviation = np.zeros(n_q, dtype=np.float64)
+    top = np.full((n_q, TOP_SHOWN), -1, dtype=np.int64)
+    for rows, best_first in ranked:
+        ids = names.g_ids[best_first]
+        true_ids = names.true_ids[rows]
+        at = np.arange(len(ids))
+        kept_before = np.cumsum(first_occurrence(ids), axis=1)  # dedup rank + 1 at each position
+        is_true = ids == true_ids[:, None]
+        found = is_true.any(axis=1)
+        rank[rows] = np.where(found, kept_before[at, is_true.argmax(axis=1)], -1)
+        top1 = best_first[:, 0]
+        top1_km = haversine_from_half_angles(tuple(t[rows] for t in names.q_trig),
+                                             tuple(t[top1] for t in names.g_trig))
+        deviation[rows] = np.where(ids[:, 0] == true_ids, 0.0, top1_km)
+        for j in range(TOP_SHOWN):  # the (j+1)-th kept item: first position with j+1 kept so far
+            first = (kept_before > j).argmax(axis=1)
+            top[rows, j] = np.where(kept_before[:, -1] > j, best_first[at, first], -1)
+
+    g_names = np.array(names.gallery + [""], dtype=object)  # index -1 -> "" (fewer than 5 candidates)
+    table = pd.DataFrame(
+        {
+            "query": names.queries,
+            "view": names.views,
+            "text": list(texts) if texts is not None else [""] * n_q,
+            **{f"top{j + 1}": g_names[top[:, j]] for j in range(TOP_SHOWN)},
+            "rank": pd.array(np.where(rank > 0, rank, None), dtype="Int64"),
+            "hit": rank == 1,
+            "deviation_km": deviation,
+        }
+    )
+    return ProtocolReport(table=table, scope=scope)
+
+
+def _chunk(n_gallery: int, scope: int | None) -> int:
+    """Queries per chunk: at most PAIRS_PER_CHUNK pairs with the whole gallery (``scope=None``),
+    else at most CANDIDATES_PER_CHUNK (query, candidate) pairs."""
+    if scope is None:
+        return max(1, PAIRS_PER_CHUNK // max(1, n_gallery))
+    return max(1, CANDIDATES_PER_CHUNK // min(scope, max(1, n_gallery)))
 
 
 def evaluate(
@@ -187,69 +330,66 @@ def evaluate(
     texts: Sequence[str] | None = None,
     chunk_size: int | None = None,
 ) -> ProtocolReport:
-    """Run the CVG-Text protocol (module docstring) on a (queries x gallery) similarity array."""
+    """Run the CVG-Text protocol (module docstring) on a (queries x gallery) similarity array
+    (numpy or torch). Besides a NaN check of each row, only the candidates' entries are read."""
     sim = _as_numpy(similarity)
     queries, gallery = list(queries), list(gallery)
     if sim.ndim != 2 or sim.shape != (len(queries), len(gallery)):
         raise DataError(
             f"similarity has shape {sim.shape}, expected (queries, gallery) = ({len(queries)}, {len(gallery)})"
         )
-    if scope is not None and (isinstance(scope, bool) or not isinstance(scope, (int, np.integer)) or scope < 1):
-        raise ConfigError(f"scope must be a positive integer or None, got {scope!r}")
-    if texts is not None and len(texts) != len(queries):
-        raise DataError(f"texts has {len(texts)} entries for {len(queries)} queries; give one text per query")
+    names = _names(queries, gallery, scope, texts)
+    bad = np.isnan(sim.min(axis=1)) if sim.size else np.zeros(0, dtype=bool)  # min propagates NaN
+    if bad.any():
+        raise DataError(f"similarity row of query {queries[int(np.argmax(bad))]!r} contains NaN; check its embedding")
 
-    # Gallery: coordinates once (radians, cos), names -> integer ids for vectorised dedup.
-    g_info = [parse_name(name) for name in gallery]
-    g_trig = half_angles([g.lat for g in g_info], [g.lon for g in g_info])
-    name_id: dict[str, int] = {}
-    g_ids = np.array([name_id.setdefault(name, len(name_id)) for name in gallery], dtype=np.int64)
-    g_names = np.array(gallery + [""], dtype=object)  # index -1 -> "" (fewer than 5 candidates)
+    def scores(rows: Rows, candidates: np.ndarray | None) -> np.ndarray:
+        return sim[rows] if candidates is None else sim[rows[:, None], candidates]
 
-    q_info = [parse_name(name) for name in queries]
-    missing = [name for name in queries if name not in name_id]
-    if missing:
+    chunk = chunk_size or _chunk(len(gallery), scope)
+    return _report(names, _ranked(names, scope, chunk, scores), scope, texts)
+
+
+def evaluate_embeddings(
+    query_embeddings: Any,
+    gallery_embeddings: Any,
+    queries: Sequence[str],
+    gallery: Sequence[str],
+    scope: int | None = 100,
+    texts: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+) -> ProtocolReport:
+    """Run the CVG-Text protocol (module docstring) from (queries x D) and (gallery x D)
+    embeddings (numpy or torch), scoring each query's candidates only: s_ij = <q_i, g_j>, the
+    rows as given (L2-normalise them for cosine). The (queries x gallery) matrix is never made
+    (with ``scope=None``, one chunk of its rows at a time). Equals ``evaluate(q @ g.T, ...)``
+    wherever the dot products round alike (exactly, for scores exact in floating point)."""
+    q, g = _as_numpy(query_embeddings), _as_numpy(gallery_embeddings)
+    queries, gallery = list(queries), list(gallery)
+    if q.ndim != 2 or g.ndim != 2 or q.shape[0] != len(queries) or g.shape[0] != len(gallery) \
+            or q.shape[1] != g.shape[1] or q.shape[1] == 0:
         raise DataError(
-            f"query {missing[0]!r} ({len(missing)} in all) has no gallery item of the same name; "
-            "every query's true tile must be in the gallery"
+            f"embeddings have shapes {q.shape} (queries) and {g.shape} (gallery); expected "
+            f"({len(queries)}, D) and ({len(gallery)}, D) with the same D >= 1"
         )
-    true_ids = np.array([name_id[name] for name in queries], dtype=np.int64)
-    q_trig = [t[:, None] for t in half_angles([q.lat for q in q_info], [q.lon for q in q_info])]
-
-    n_q = len(queries)
-    rank = np.full(n_q, -1, dtype=np.int64)
-    deviation = np.zeros(n_q, dtype=np.float64)
-    top = np.full((n_q, TOP_SHOWN), -1, dtype=np.int64)
-    chunk = chunk_size or max(1, PAIRS_PER_CHUNK // max(1, len(gallery)))
-    for start in range(0, n_q, chunk):
-        rows = slice(start, min(start + chunk, n_q))
-        block = sim[rows]
-        bad = np.isnan(block).any(axis=1)
+    names = _names(queries, gallery, scope, texts)
+    dtype = np.promote_types(np.result_type(q, g), np.float32)  # no float16 sums
+    q, g = q.astype(dtype, copy=False), g.astype(dtype, copy=False)
+    for what, array, labels in (("query", q, queries), ("gallery item", g, gallery)):
+        bad = ~(np.isfinite(array.min(axis=1)) & np.isfinite(array.max(axis=1)))  # NaN or inf in the row
         if bad.any():
-            name = queries[start + int(np.argmax(bad))]
-            raise DataError(f"similarity row of query {name!r} contains NaN; check its embedding")
-        dist = haversine_from_half_angles(tuple(t[rows] for t in q_trig), g_trig)
-        ranked = scoped_ranking(block, dist, scope)
-        ids = g_ids[ranked]
-        kept_before = np.cumsum(first_occurrence(ids), axis=1)  # dedup rank + 1 at each position
-        is_true = ids == true_ids[rows, None]
-        found = is_true.any(axis=1)
-        pos = is_true.argmax(axis=1)
-        rank[rows] = np.where(found, kept_before[np.arange(len(ids)), pos], -1)
-        deviation[rows] = np.where(ids[:, 0] == true_ids[rows], 0.0, dist[np.arange(len(ids)), ranked[:, 0]])
-        for j in range(TOP_SHOWN):  # the (j+1)-th kept item: first position with j+1 kept so far
-            at = (kept_before > j).argmax(axis=1)
-            top[rows, j] = np.where(kept_before[:, -1] > j, ranked[np.arange(len(ids)), at], -1)
+            raise DataError(f"embedding of {what} {labels[int(np.argmax(bad))]!r} is not finite (NaN or inf); check it")
 
-    table = pd.DataFrame(
-        {
-            "query": queries,
-            "view": [q.view for q in q_info],
-            "text": list(texts) if texts is not None else [""] * n_q,
-            **{f"top{j + 1}": g_names[top[:, j]] for j in range(TOP_SHOWN)},
-            "rank": pd.array(np.where(rank > 0, rank, None), dtype="Int64"),
-            "hit": rank == 1,
-            "deviation_km": deviation,
-        }
-    )
-    return ProtocolReport(table=table, scope=scope)
+    def scores(rows: Rows, candidates: np.ndarray | None) -> np.ndarray:
+        if candidates is None:
+            return q[rows] @ g.T
+        out = np.empty(candidates.shape, dtype=dtype)
+        for start in range(0, len(rows), SCORED_TOGETHER):  # nearby queries: shared candidates
+            block = slice(start, start + SCORED_TOGETHER)
+            tiles, where = np.unique(candidates[block], return_inverse=True)
+            union = q[rows[block]] @ g[tiles].T  # (block, union of its candidates)
+            out[block] = np.take_along_axis(union, where.reshape(candidates[block].shape), axis=1)
+        return out
+
+    chunk = chunk_size or _chunk(len(gallery), scope)
+    return _report(names, _ranked(names, scope, chunk, scores), scope, texts)
