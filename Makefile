@@ -8,7 +8,7 @@ DATA   ?= data/embedded
 SMOKE_DATA ?= data/embedded-smoke
 WORKERS ?= 2
 
-.PHONY: install demo data data-smoke train evaluate test test-fast reports smoke-reports clean
+.PHONY: install demo data data-smoke train evaluate test test-fast reports smoke-reports clean osm-stack osm-compare
 
 install: $(STAMP)
 
@@ -63,6 +63,17 @@ test-fast: install
 # Every notebook in the tiny profile into reports/ (committed).
 reports: data
 	$(GTL) report notebooks/*.ipynb --profile tiny --data-dir $(DATA)
+
+# The OpenStreetMap rendering stack (osm2pgsql, PostgreSQL + PostGIS, mapnik, openstreetmap-carto, fonts) from
+# Debian's packages, for `geotextloc data render-osm` and `build-embedded --osm-renderer carto`; geotextloc
+# starts and stops its own PostgreSQL cluster when it renders. Needs root or sudo.
+osm-stack: $(STAMP)
+	bash scripts/install-osm-stack.sh
+	$(BIN)/python -c "from geotextloc.data.osm_render import find_stack; s = find_stack(); print('osm-stack ready:', s.versions)"
+
+# The two OSM renderers side by side for each embedded region (reports/figures/osm_renderers_<Region>.png).
+osm-compare: osm-stack $(DATA)/.built-v4
+	$(GTL) data compare-osm-renderers --data $(DATA) --to reports/figures
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -12,7 +12,7 @@ from shapely.geometry import LineString, box
 
 from geotextloc.data.embedded import places, sampling
 from geotextloc.data.embedded.builder import BuildSettings
-from geotextloc.data.embedded.osm import _sea, load_region
+from geotextloc.data.embedded.osm import load_region, sea_polygons
 from geotextloc.data.embedded.scene import Location
 
 SETTINGS = BuildSettings()
@@ -100,7 +100,7 @@ def test_sea_survives_a_stray_land_probe():
     """A pier narrower than the probes' offset puts land probes on the water side; the sea is
     the face where water probes outnumber them (a single stray probe used to delete the sea)."""
     coast = LineString([(0, 50), (45, 50), (45, 20), (45.4, 20), (45.4, 50), (100, 50)]).segmentize(1.0)
-    sea = _sea([coast], box(0, 0, 100, 100))
+    sea = sea_polygons([coast], box(0, 0, 100, 100))
     assert len(sea) == 1
     assert sea[0].area == pytest.approx(100 * 50 - 0.4 * 30, abs=1.0)
     assert sea[0].contains(box(10, 10, 20, 20)) and not sea[0].intersects(box(10, 60, 20, 70))

@@ -190,6 +190,7 @@ def test_push_to_hub_token_and_failures(make_release, tmp_path, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    with pytest.raises(OfflineError, match="cannot reach the Hugging Face Hub to push 'me/cvg'") as offline:
+    with pytest.raises(OfflineError, match=f"cannot reach the Hugging Face Hub at http://127.0.0.1:{closed} "
+                       "to push 'me/cvg'") as offline:
         hub.push_to_hub(dd, "me/cvg", endpoint=f"http://127.0.0.1:{closed}")
     assert token not in str(offline.value)

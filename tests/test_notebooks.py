@@ -24,6 +24,7 @@ WRITES = {
                              "03_street_level.csv", "figures/03_per_city.png", "figures/03_street_level.png"],
     "04_ablation_epe": ["04_epe_ablation.csv", "04_epe_paired_difference.csv", "04_epe_sign_test.csv",
                         "04_text_source_ablation.csv", "figures/04_positional_tables.png"],
+    "07_real_release": ["07_real_release_summary.json", "figures/07_materialized_Helsinki.png"],
 }
 
 
@@ -72,6 +73,11 @@ def test_notebook_runs_in_smoke_profile(notebook, smoke_data, tmp_path):
     if notebook.stem == "03_evaluate_per_city":  # Table 1 carries its reference rows
         models = (tmp_path / "03_table1_R1.csv").read_text()
         assert "\nchance," in models and "\nmap labels," in models
+    if notebook.stem == "07_real_release":  # against the stand-ins: faults injected and retried, nothing twice
+        summary = json.loads((tmp_path / "07_real_release_summary.json").read_text())
+        assert summary["injected_429"] > 0 and summary["injected_500"] > 0
+        assert summary["rerun_requests"] == summary["served_twice"] == 0
+        assert summary["round_trip_equal"] == summary["records"] > 0
     if notebook.stem == "04_ablation_epe":  # every variant against truncate, seeds pooled
         sign = (tmp_path / "04_epe_sign_test.csv").read_text()
         assert sign.splitlines()[0] == ("variant,queries,metric,n,variant (%),truncate (%),difference,"

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from geotextloc.data import materialize
 from geotextloc.data.embedded import commands as embedded_commands
+from geotextloc.data import osm_commands
 from geotextloc.data.release import (IMAGE_KINDS, PANORAMA, SINGLE, SPLITS, BadItemError, Skipped,
                                      discover_versions, read_release)
 from geotextloc.errors import DataError
@@ -45,6 +47,44 @@ def register(subparsers) -> None:
                       f"(.json or .csv; default {DEFAULT_REPORT})")
     info.set_defaults(func=info_command)
     embedded_commands.register(data_subparsers)
+    osm_commands.register(data_subparsers)
+    materialize.register(data_subparsers)
+    register_publish(data_subparsers)
+
+
+def register_publish(data_subparsers) -> None:
+    p = data_subparsers.add_parser(
+        "publish", help="publish a release or embedded build as a Hugging Face dataset repo",
+        description="Write the Hub folder (Parquet shards with Image features per version and split, a "
+        "data card with one config per version, licences and attribution) and make the dataset repo "
+        "hold it, in one commit (none when nothing changed). The token comes from HF_TOKEN only; "
+        "HF_ENDPOINT points at a mirror.",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="release root (holding CVG-text/) or an embedded build")
+    p.add_argument("--repo-id", required=True, metavar="OWNER/NAME", help="the dataset repo, e.g. me/cvg-text")
+    p.add_argument("--private", action="store_true",
+                   help="create the repo private (an existing public repo is refused, not changed)")
+    p.add_argument("--versions", nargs="+", metavar="VERSION", help="only these versions (default: all on disk)")
+    p.add_argument("--views", nargs="+", choices=IMAGE_KINDS, metavar="KIND",
+                   help="image columns to publish (default: all of an embedded build; of a release all but "
+                   "satellite and street, Google imagery that may not be redistributed)")
+    p.add_argument("--revision", default="main", metavar="BRANCH",
+                   help="branch to commit to, created from main if missing (default main)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the Hub folder and list what would be uploaded; send nothing, need no token")
+    p.add_argument("--hub-folder", type=Path, metavar="DIR",
+                   help="write the Hub folder here and keep it (default: a temporary folder)")
+    p.set_defaults(func=publish_command)
+
+
+def publish_command(args) -> int:
+    from geotextloc.data import hub  # imports datasets only when needed
+
+    published = hub.publish(args.dir, args.repo_id, versions=args.versions, views=args.views,
+                            private=args.private, revision=args.revision, dry_run=args.dry_run,
+                            folder=args.hub_folder)
+    print(published.summary())
+    return 0
 
 
 def info_command(args) -> int:

@@ -164,11 +164,14 @@ def read_release(
     layout: ReleaseLayout | None = None,
     skip_bad: bool = False,
     check_images: bool = True,
+    require_images: bool = True,
 ) -> ReleaseContents:
     """Read a CVG-Text release folder into records.
 
     ``versions`` default to those on disk. ``check_images`` checks each image file with
-    :func:`verify_image` (no full decode); missing images are always an error. With
+    :func:`verify_image` (no full decode); missing images are an error unless
+    ``require_images=False`` (a release whose images are still to be fetched: each record
+    then lists the images that exist, possibly none). With
     ``skip_bad`` every bad file/record is skipped and listed in ``.skipped``; otherwise the
     first one raises :class:`BadItemError`. A missing root or version always raises.
     """
@@ -184,11 +187,17 @@ def read_release(
             f"{root}: no annotation files like {example}; pass the release root "
             "or a ReleaseLayout that matches your copy"
         )
-    reader = _Reader(root, layout, skip_bad, check_images)
+    reader = _Reader(root, layout, skip_bad, check_images, require_images)
     versions = list(versions or on_disk)
     for version in versions:
         reader.read_version(version, _parts(version, on_disk, root), splits)
     return ReleaseContents(root, versions, reader.records, reader.skipped)
+
+
+def version_parts(root: str | Path, version: str, layout: ReleaseLayout | None = None) -> list[str]:
+    """The versions on disk under ``root`` whose annotation and image folders make up ``version``
+    (itself, or for a merged ``<City>-mixed`` the city and ``<City>-photos``)."""
+    return _parts(version, discover_versions(root, layout), Path(root))
 
 
 def _parts(version: str, on_disk: list[str], root: Path) -> list[str]:
@@ -232,9 +241,10 @@ class _Pairs(list):
 
 
 class _Reader:
-    def __init__(self, root: Path, layout: ReleaseLayout, skip_bad: bool, check_images: bool):
+    def __init__(self, root: Path, layout: ReleaseLayout, skip_bad: bool, check_images: bool,
+                 require_images: bool = True):
         self.root, self.layout = root, layout
-        self.skip_bad, self.check_images = skip_bad, check_images
+        self.skip_bad, self.check_images, self.require_images = skip_bad, check_images, require_images
         self.records: list[Record] = []
         self.skipped: list[Skipped] = []
         self.source: dict[int, Path] = {}  # id(record) -> its annotation file
@@ -249,7 +259,7 @@ class _Reader:
         first = len(self.records)
         for part in parts:
             folders = self.layout.image_dirs(self.root, part)
-            if not folders:
+            if not folders and self.require_images:
                 tried = ", ".join(
                     p.format(version=part) for ps in self.layout.images.values() for p in ps
                 )
@@ -324,6 +334,8 @@ class _Reader:
         images = {}
         for kind, folder in folders.items():
             path = self.locate(folder, name)
+            if path is None and not self.require_images:
+                continue
             if path is None:
                 self.bad(where, f"no {kind} image in {folder} (also tried {'/'.join(IMAGE_SUFFIXES)})",
                          "restore the image or remove the record")

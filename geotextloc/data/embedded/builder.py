@@ -30,6 +30,14 @@ location, half each, fixed by the location id (:func:`mixed_view`), and is writt
 (images as hard links). It is not saved under ``hf/``: ``load_cvgtext(out,
 version="<City>-mixed")`` reads it from the release folder.
 
+OSM view renderer (``BuildSettings.osm_renderer``): ``builtin`` (default) draws each OSM tile
+with :mod:`~geotextloc.data.embedded.render_map` (PIL, Carto colours); ``carto`` renders it with
+mapnik + openstreetmap-carto from the region's extract (:mod:`geotextloc.data.osm_render`,
+``make osm-stack``), same footprint and size, before the places' other views. A carto build
+says so in ``build.json`` (``settings.osm_renderer`` and ``osm_renderer``: versions, extract,
+where the sea came from), ``stats.json`` and each facts file; a built-in build's files carry no
+such key, so they are byte-identical to those of builds made before the option existed.
+
 Names: panorama ``<lat>,<lon>_<yyyy-mm>_<id>_d<heading>_z3.jpg`` (more than two ``_`` fields),
 single view ``<lat>,<lon>_<id>s.jpg`` (two fields), coordinates with 8 decimals. The
 photo-like views (satellite, drone, street) are JPEG files named exactly so; the OSM tiles
@@ -50,6 +58,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,6 +89,9 @@ JPEG_PARAMS = {"format": "JPEG", "quality": 90, "subsampling": "4:2:0", "optimiz
                "progressive": False}
 CONTACT_SHEET_ROWS = 4
 SPLITS = (sampling.TRAIN, sampling.TEST)
+BUILTIN, CARTO = "builtin", "carto"  # OSM view renderers
+OSM_RENDERERS = (BUILTIN, CARTO)
+CARTO_CACHE = ".osm-carto"  # <out>/.osm-carto/<region>/<id>.png: carto views rendered ahead of their place
 
 
 @dataclass(frozen=True)
@@ -99,10 +111,21 @@ class BuildSettings:
     block_m: float = 300.0
     buffer_m: float = TILE_FOOTPRINT_M
     builder_version: int = BUILDER_VERSION
+    osm_renderer: str = BUILTIN  # the OSM view's renderer: BUILTIN (render_map) or CARTO (:func:`osm_view`)
 
     @property
     def pano_height(self) -> int:
         return self.pano_width // 2
+
+
+def settings_record(settings: BuildSettings) -> dict:
+    """The settings as written to ``build.json`` and ``stats.json``: every field, but
+    ``osm_renderer`` only when it is not the built-in one, so that a default build's files
+    are those of builds made before the option existed."""
+    record = asdict(settings)
+    if record["osm_renderer"] == BUILTIN:
+        del record["osm_renderer"]
+    return record
 
 
 @dataclass
@@ -209,7 +232,7 @@ def build_location(loc: Location, region: Region, settings: BuildSettings, out: 
     crop = render_street.crop_single_view(pano, loc.heading, fov_deg=90)  # native: pano_width / 4
     own = {  # the files of the first city's panorama version, and the single-view crop
         f"{cities[0]}:satellite": image_bytes("satellite", render_aerial.render_satellite(region, loc, size, fp, seed)),
-        f"{cities[0]}:osm": image_bytes("osm", render_map.render_osm_tile(region, loc, size, fp, seed)),
+        f"{cities[0]}:osm": image_bytes("osm", osm_view(region, loc, settings, out)),
         f"{cities[0]}:drone": image_bytes(
             "drone", render_aerial.render_drone(region, loc, size, drone_fp, drone_rot, seed)),
         f"{cities[0]}:street": image_bytes("street", pano),
@@ -232,12 +255,63 @@ def build_location(loc: Location, region: Region, settings: BuildSettings, out: 
         "location": asdict(loc),
         "names": {"panorama": panorama_name(loc), "single": single_name(loc)},
         "views": {"tile_footprint_m": fp, "drone_footprint_m": drone_fp, "drone_rotation_deg": drone_rot,
-                  "size": size, "panorama": [settings.pano_width, settings.pano_height], "single_fov_deg": 90},
+                  "size": size, "panorama": [settings.pano_width, settings.pano_height], "single_fov_deg": 90}
+        | ({"osm_renderer": settings.osm_renderer} if settings.osm_renderer != BUILTIN else {}),
         "files": sorted(p.relative_to(out).as_posix() for p in paths.values()),
         "facts": facts,
         "texts": texts,
     }
     atomic_write_bytes(facts_path(out, loc), json_bytes(record))
+
+
+def osm_view(region: Region, loc: Location, settings: BuildSettings, out: Path):
+    """The OSM view of ``loc``: drawn by :mod:`~geotextloc.data.embedded.render_map` (``builtin``), or
+    the mapnik + openstreetmap-carto image that :func:`prerender_carto` made for it (``carto``)."""
+    if settings.osm_renderer == CARTO:
+        from PIL import Image
+
+        with Image.open(carto_view_path(out, loc)) as im:
+            return im.convert("RGB")
+    render_map = _renderers()[0]
+    return render_map.render_osm_tile(region, loc, settings.size, settings.tile_footprint_m, settings.seed)
+
+
+def carto_view_path(out: Path, loc: Location) -> Path:
+    return out / CARTO_CACHE / loc.region / f"{loc.id}.png"
+
+
+def prerender_carto(out: Path, todo: dict[str, list[Location]], extracts: dict[str, Path], settings: BuildSettings,
+                    processes: int = 1, progress: bool = True) -> dict | None:
+    """Render the carto OSM views of the places ``todo`` (region -> places) from each region's
+    extract, ahead of the places' other views (one PostGIS load per region and one mapnik
+    process per worker, not one per place). Returns the renderer's metadata (None: nothing to do)."""
+    from geotextloc.data import osm_render
+
+    meta = None
+    for name, locs in todo.items():
+        if not locs:
+            continue
+        views = [osm_render.MapView(loc.lat, loc.lon, settings.tile_footprint_m, settings.size,
+                                    carto_view_path(out, loc)) for loc in locs]
+        report = osm_render.render_views(extracts[name], views, processes=processes, progress=progress,
+                                         desc=f"{name}: carto OSM views")
+        meta = (meta or {"renderer": report.metadata["renderer"], "versions": report.metadata["versions"],
+                         "patterns": report.metadata["patterns"], "attribution": report.metadata["attribution"],
+                         "regions": {}})
+        meta["regions"][name] = {k: report.metadata[k] for k in ("extract", "coastline", "sea_polygons")}
+    return meta
+
+
+def record_osm_renderer(out: Path, meta: dict | None) -> None:
+    """Say in ``build.json`` which renderer drew the OSM views (carto builds only: a built-in
+    build's ``build.json`` stays as it always was)."""
+    if meta is None:
+        return
+    path = out / "build.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    old = manifest.get("osm_renderer", {}).get("regions", {})
+    manifest["osm_renderer"] = meta | {"regions": old | meta["regions"]}
+    atomic_write_bytes(path, json_bytes(manifest))
 
 
 def _link_source(key: str, cities: tuple[str, ...], mixed: str) -> str:
@@ -264,14 +338,14 @@ def _work(item: tuple[str, Location, tuple[str, ...]], state: dict) -> str:
 def _check_settings(out: Path, settings: BuildSettings, sources: list[RegionSource]) -> dict:
     """Refuse to resume into a folder built with other settings (its files would be stale)."""
     path = out / "build.json"
-    manifest = {"settings": asdict(settings), "regions": {}}
+    manifest = {"settings": settings_record(settings), "regions": {}}
     if path.is_file():
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             raise DataError(f"{path}: not valid JSON; delete {out} or build into a new --out") from None
-        if manifest.get("settings") != asdict(settings):
-            old = manifest.get("settings", {})
+        if manifest.get("settings") != settings_record(settings):
+            old = {"osm_renderer": BUILTIN} | manifest.get("settings", {})
             diff = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in asdict(settings).items() if old.get(k) != v)
             raise ConfigError(f"{out}: built before with other settings ({diff}); "
                               "use a new --out folder or delete this one")
@@ -303,6 +377,12 @@ def build(
     each benchmark's places, :func:`~geotextloc.data.embedded.places.plan_region`).
     """
     out = Path(out)
+    if settings.osm_renderer not in OSM_RENDERERS:
+        raise ConfigError(f"--osm-renderer {settings.osm_renderer}: use one of {', '.join(OSM_RENDERERS)}")
+    if settings.osm_renderer == CARTO:
+        from geotextloc.data.osm_render import find_stack
+
+        find_stack()  # before anything is written: one line naming `make osm-stack` when missing
     out.mkdir(parents=True, exist_ok=True)
     sources = resolve_regions(list(regions or []), list(pbfs or []))
     _check_settings(out, settings, sources)
@@ -314,8 +394,13 @@ def build(
     todo = [item for item in todo if not is_done(out, item[1], settings.seed, item[2])]
     report.skipped_done = sum(len(p.places) for p in plans.values()) - len(todo)
     report.rendered = len(todo)
+    if settings.osm_renderer == CARTO:
+        meta = prerender_carto(out, {s.name: [item[1] for item in todo if item[0] == s.name] for s in sources},
+                               {s.name: s.path for s in sources}, settings, workers, progress)
+        record_osm_renderer(out, meta)
     run_places(todo, _work, {"regions": loaded, "settings": settings, "out": out}, workers,
                "embedded: locations", progress)
+    shutil.rmtree(out / CARTO_CACHE, ignore_errors=True)  # every carto view is in its place now
 
     report.stats = assemble(out, plans, loaded, settings)
     report.locations = {city: {sp: sum(1 for v in split.values() if v == sp) for sp in SPLITS}
@@ -336,7 +421,7 @@ def _share(total: int | None, n: int) -> list[int | None]:
 
 def assemble(out: Path, plans: dict[str, plc.RegionPlan], regions: dict, settings: BuildSettings) -> dict:
     """Annotation files, direct texts, GeoLoc manifests and stats.json from the per-location facts."""
-    stats: dict = {"settings": asdict(settings), "regions": {}, "versions": {}, "text": {}}
+    stats: dict = {"settings": settings_record(settings), "regions": {}, "versions": {}, "text": {}}
     every: dict[str, list[dsc.Description]] = {}
     for region, plan in plans.items():
         records = {i: json.loads(facts_path(out, loc).read_text(encoding="utf-8")) for i, loc in plan.places.items()}

@@ -1,5 +1,6 @@
 """``geotextloc data build-embedded`` (the embedded default dataset from OSM extracts), ``data densify``
-(its dense training-only versions) and ``data contact-sheets`` (a few locations' views and texts per region)."""
+(its dense training-only versions), ``data contact-sheets`` (a few locations' views and texts per region)
+and ``data compare-osm-renderers`` (the built-in OSM tiles beside mapnik + openstreetmap-carto's)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def register(data_subparsers) -> None:
     p.add_argument("--no-hf", action="store_true", help="skip saving the datasets.DatasetDict folders")
     p.add_argument("--allow-no-pois", action="store_true",
                    help="accept an extract without named POIs (texts then name streets only)")
+    p.add_argument("--osm-renderer", choices=("builtin", "carto"), default="builtin",
+                   help="who draws the OSM view: builtin (PIL, Carto colours; default) or carto (mapnik + "
+                   "openstreetmap-carto from the extract, labels as on openstreetmap.org; needs `make osm-stack`)")
     p.set_defaults(func=build_embedded_command)
 
     d = data_subparsers.add_parser(
@@ -73,6 +77,19 @@ def register(data_subparsers) -> None:
     c.add_argument("--rows", type=int, default=4, metavar="N", help="locations per sheet (default 4)")
     c.set_defaults(func=contact_sheets_command)
 
+    o = data_subparsers.add_parser(
+        "compare-osm-renderers",
+        help="the built-in OSM tiles of a built embedded dataset beside mapnik + openstreetmap-carto's, per region",
+        description="For a few places of each region of a built embedded dataset (those of its contact sheet), "
+        "put the OSM tile the build holds beside the same footprint rendered with mapnik + openstreetmap-carto "
+        "(needs `make osm-stack`) and write <to>/osm_renderers_<Region>.png.",
+    )
+    o.add_argument("--data", type=Path, default=DEFAULT_OUT, help=f"the built dataset (default {DEFAULT_OUT})")
+    o.add_argument("--to", type=Path, default=Path("reports/figures"), help="where to write (default reports/figures)")
+    o.add_argument("--regions", default="", help="comma-separated regions, e.g. Monaco (default: all of the build)")
+    o.add_argument("--places", type=int, default=6, metavar="N", help="places per region (default 6)")
+    o.set_defaults(func=compare_osm_renderers_command)
+
 
 def build_embedded_command(args) -> int:
     from geotextloc.data.embedded.builder import BuildSettings, build
@@ -88,7 +105,7 @@ def build_embedded_command(args) -> int:
         raise ConfigError(f"--street-test-places {args.street_test_places}: must be at least 0 (0: all)")
     settings = BuildSettings(size=args.size, pano_width=args.pano_width, spacing=args.spacing,
                              separation_m=args.separation, street_test_places=args.street_test_places or None,
-                             seed=args.seed)
+                             seed=args.seed, osm_renderer=args.osm_renderer)
     regions = [r for r in args.regions.split(",") if r.strip()]
     start = time.perf_counter()
     report = build(args.out, regions, args.pbf, args.max_locations, settings, workers=args.workers,
@@ -108,6 +125,10 @@ def build_embedded_command(args) -> int:
                                                                      "type_token_ratio", "inter_text_similarity")}))
     for sheet in report.contact_sheets:
         print(f"contact sheet: {sheet}")
+    if args.osm_renderer == "carto":
+        carto = json.loads((args.out / "build.json").read_text(encoding="utf-8")).get("osm_renderer", {})
+        for city, r in sorted(carto.get("regions", {}).items()):
+            print(f"{city}: OSM views by mapnik + openstreetmap-carto; coastline: {r['coastline']}")
     print(f"wrote {args.out} (read it with: geotextloc data info {args.out}; "
           f"copy the contact sheets to reports/ with: geotextloc data contact-sheets --out {args.out})")
     return 0
@@ -146,4 +167,16 @@ def contact_sheets_command(args) -> int:
     build_contact_sheets(args.out, cities, rows=args.rows, seed=seed)
     for path in copy_contact_sheets(args.out, args.to):
         print(f"wrote {path}")
+    return 0
+
+
+def compare_osm_renderers_command(args) -> int:
+    from geotextloc.data.embedded.contact_sheet import compare_osm_renderers
+    from geotextloc.errors import ConfigError
+
+    if args.places < 1:
+        raise ConfigError(f"--places {args.places}: must be at least 1")
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()] or None
+    for path, note in compare_osm_renderers(args.data, args.to, regions, args.places):
+        print(f"wrote {path} ({note})")
     return 0

@@ -165,3 +165,89 @@ def copy_contact_sheets(out: str | Path, reports: str | Path = "reports") -> lis
             shutil.copyfile(src, tmp)
         copied.append(dst)
     return copied
+
+
+# ----------------------------------------------------------------------------- OSM renderers side by side
+
+RENDERER_LABELS = ("built-in (PIL, Carto colours)", "mapnik + openstreetmap-carto")
+
+
+def renderer_sheet(pairs: Sequence[tuple[str, ImageLike, ImageLike]], out_path: str | Path, title: str,
+                   per_row: int = 2) -> Path:
+    """A PNG of ``(caption, builtin, carto)`` pairs, ``per_row`` pairs a row, every tile at its own size."""
+    if not pairs:
+        raise ValueError("renderer_sheet needs at least one pair")
+    images = [(caption, _image(a), _image(b)) for caption, a, b in pairs]
+    tile = max(max(a.width, a.height, b.width, b.height) for _, a, b in images)
+    cell_w, cell_h = 2 * tile + GAP, 20 + 18 + tile
+    cols = min(per_row, len(images))
+    width = GAP + cols * (cell_w + 3 * GAP)
+    title_lines = textwrap.wrap(title, max(30, int((width - 2 * GAP) / 7.4)))
+    top = GAP + 17 * len(title_lines) + GAP
+    rows = -(-len(images) // cols)
+    sheet = Image.new("RGB", (width, top + rows * (cell_h + 2 * GAP)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, line in enumerate(title_lines):
+        draw.text((GAP, GAP + 17 * i), line, font=raster.font(13, bold=i == 0), fill=(20, 20, 20))
+    for k, (caption, a, b) in enumerate(images):
+        x, y = GAP + (k % cols) * (cell_w + 3 * GAP), top + (k // cols) * (cell_h + 2 * GAP)
+        draw.text((x, y), caption, font=raster.font(13, bold=True), fill=(40, 40, 40))
+        for j, (label, im) in enumerate(zip(RENDERER_LABELS, (a, b))):
+            draw.text((x + j * (tile + GAP), y + 20), label, font=raster.font(12), fill=(90, 90, 90))
+            sheet.paste(im, (x + j * (tile + GAP), y + 38))
+    out = Path(out_path)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, format="PNG", compress_level=6, optimize=False)
+    return out
+
+
+def compare_osm_renderers(out: str | Path, to: str | Path = "reports/figures", cities: Sequence[str] | None = None,
+                          places: int = 6) -> list[tuple[Path, str]]:
+    """For each region of the built embedded dataset ``out`` (or ``cities``), the OSM tiles of
+    ``places`` places (:func:`pick_locations`: those of its contact sheet) from the built-in
+    renderer beside the same footprints from mapnik + openstreetmap-carto
+    (:func:`geotextloc.data.osm_render.render_views`), as ``<to>/osm_renderers_<Region>.png``.
+    Returns (path, where the carto sea came from) per region."""
+    import tempfile
+
+    from geotextloc.data import osm_render
+    from geotextloc.data.embedded import builder, dense
+    from geotextloc.data.embedded.scene import Location
+    from geotextloc.errors import DataError
+
+    out = Path(out)
+    manifest = dense._manifest(out)
+    settings = builder.BuildSettings(**manifest["settings"])
+    known = sorted(manifest.get("regions", {}))
+    for city in cities or []:
+        if city not in known:
+            raise DataError(f"{out}/build.json: no region {city!r} in this build (it has {', '.join(known)})")
+    written = []
+    for city in cities or known:
+        recs = pick_locations(out, city, places, settings.seed)
+        if not recs:
+            raise DataError(f"{out}/geoloc/{city}: no places to compare; finish the build first "
+                            f"(geotextloc data build-embedded --out {out})")
+        locs = [Location(**rec["location"]) for rec in recs]
+        source = dense.region_source(out, city, manifest["regions"][city])
+        with tempfile.TemporaryDirectory(prefix="geotextloc-carto-") as tmp:
+            views = [osm_render.MapView(loc.lat, loc.lon, rec["views"]["tile_footprint_m"], rec["views"]["size"],
+                                        Path(tmp) / f"{loc.id}.png") for loc, rec in zip(locs, recs)]
+            report = osm_render.render_views(source.path, views, progress=False)
+            carto = [_image(v.path) for v in views]
+        if settings.osm_renderer == builder.BUILTIN:  # the build's own tiles
+            builtin = [_image(image_paths(out, loc, settings.seed)[f"{city}:osm"]) for loc in locs]
+        else:  # a carto build: draw the built-in tiles now
+            region = dense._region(out, city, manifest["regions"][city])
+            builtin = [builder.osm_view(region, loc, builder.BuildSettings(**{**manifest["settings"], "osm_renderer":
+                                                                             builder.BUILTIN}), out) for loc in locs]
+        meta = report.metadata
+        title = (f"{city}: the OSM view of {len(locs)} places, {settings.tile_footprint_m:g} m square, "
+                 f"{settings.size} px, north up. Left: geotextloc's built-in renderer; right: mapnik "
+                 f"{meta['versions']['mapnik']} + openstreetmap-carto {meta['versions']['openstreetmap-carto']} "
+                 f"from {meta['extract']} (osm2pgsql {meta['versions']['osm2pgsql']}). Sea: {meta['coastline']}. "
+                 f"{meta['attribution']}")
+        pairs = [(f"{loc.id} ({loc.lat:.5f}, {loc.lon:.5f})", a, b) for loc, a, b in zip(locs, builtin, carto)]
+        path = renderer_sheet(pairs, Path(to) / f"osm_renderers_{city}.png", title)
+        written.append((path, meta["coastline"]))
+    return written

@@ -32,6 +32,7 @@ skipped.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -74,6 +75,11 @@ def _manifest(out: Path) -> dict:
 
 def _region(out: Path, name: str, info: dict) -> Region:
     """The region ``name`` of the build, parsed again from its extract (checked by SHA-256)."""
+    return regions.load_source(region_source(out, name, info), require_pois=False)
+
+
+def region_source(out: Path, name: str, info: dict) -> regions.RegionSource:
+    """The extract of the build's region ``name`` (its ``build.json`` entry ``info``), checked by SHA-256."""
     if info.get("builtin"):
         source = regions.builtin_source(info["builtin"])
     elif info.get("source") and Path(info["source"]).is_file():
@@ -85,7 +91,7 @@ def _region(out: Path, name: str, info: dict) -> Region:
     if source.sha256 != info["sha256"]:
         raise DataError(f"{out}: region {name} was built from another extract than {source.path}; "
                         "rebuild the dataset into a new --out")
-    return regions.load_source(source, require_pois=False)
+    return source
 
 
 def test_places(out: Path, city: str, spacing: float = sampling.DEFAULT_SPACING_M) -> np.ndarray:
@@ -157,7 +163,7 @@ def build_place(loc: Location, region: Region, settings: builder.BuildSettings, 
     seed, size, fp = settings.seed, settings.size, settings.tile_footprint_m
     pano = render_street.render_panorama(region, loc, settings.pano_width, settings.pano_height, seed)
     images = {"satellite": render_aerial.render_satellite(region, loc, size, fp, seed),
-              "osm": render_map.render_osm_tile(region, loc, size, fp, seed)}
+              "osm": builder.osm_view(region, loc, settings, out)}
     for kind, path in image_paths(out, loc, seed).items():
         atomic_write_bytes(path, builder.image_bytes(kind, images[kind]))
     facts = scene_facts(region, loc, signs=pano.info["signs"])
@@ -214,8 +220,13 @@ def densify(out: str | Path, spacing: float = DEFAULT_SPACING_M, workers: int = 
     todo = [(city, loc) for city, locs in plans.items() for loc in locs if not is_done(out, loc, settings.seed)]
     report.rendered = len(todo)
     report.skipped_done = sum(len(v) for v in plans.values()) - len(todo)
+    if settings.osm_renderer == builder.CARTO:  # the build's OSM views came from mapnik + openstreetmap-carto
+        extracts = {city: region_source(out, city, info).path for city, info in manifest["regions"].items()}
+        builder.prerender_carto(out, {city: [loc for c, loc in todo if c == city] for city in plans}, extracts,
+                                settings, workers, progress)
     builder.run_places(todo, _work, {"regions": loaded, "settings": settings, "out": out}, workers,
                        "dense places", progress)
+    shutil.rmtree(out / builder.CARTO_CACHE, ignore_errors=True)
     for city, locs in plans.items():
         texts = {"CVG-text": {}, "direct": {}}
         for loc in locs:

@@ -214,7 +214,7 @@ def _extend(line: LineString, by: float = 150.0) -> LineString:
     return LineString([ahead(coords[1], coords[0]), *coords, ahead(coords[-2], coords[-1])])
 
 
-def _sea(coastlines: list[LineString], frame: Polygon) -> list[Polygon]:
+def sea_polygons(coastlines: list[LineString], frame: Polygon) -> list[Polygon]:
     """Sea polygons: faces of (coastlines + frame) where water probes outnumber land probes.
 
     OSM draws coastlines with the land on the left and the water on the right; a probe
@@ -303,7 +303,7 @@ def load_region(path: str | Path, name: str, require_pois: bool = True) -> Regio
                                       keep_nodes=False, keep_relations=False)
              for ln in _lines(project(r["geometry"]))]
     frame = box(*shapely.total_bounds([r.line for r in region.roads] + coast))
-    for k_sea, poly in enumerate(_sea(coast, frame)):
+    for k_sea, poly in enumerate(sea_polygons(coast, frame)):
         region.areas.append(Area(f"sea-{k_sea}", poly, "water", None))
 
     _load_pois(loader, region, project)
