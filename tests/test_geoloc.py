@@ -19,7 +19,6 @@ from geotextloc.data.geoloc import (
     C,
     UN,
     QualityGates,
-    affine_from_geotiff_tags,
     deduplicate,
     read_orthophoto,
     reverse_crops,
@@ -73,7 +72,8 @@ def metric_tif(tmp_path):
 def test_geotiff_tags_give_the_affine_crs_and_nodata(metric_tif):
     ortho = read_orthophoto(metric_tif)
     assert ortho.crs == "EPSG:3067" and not ortho.geographic and ortho.nodata == 0
-    assert ortho.shape == (300, 400) and ortho.metres_per_pixel() == (0.5, 0.5)
+    assert ortho.shape == (300, 400)
+    assert ortho.metres_per_pixel() == pytest.approx((0.5, 0.5), rel=1e-3)  # TM35FIN's scale factor ≈ 1
     assert ortho.transform.xy(0, 0) == (X0, Y0)  # outer corner of the top-left pixel
     assert ortho.transform.xy(10.5, 20.5) == (X0 + 5.25, Y0 - 10.25)  # centre of pixel (col 10, row 20)
     assert ortho.transform.colrow(X0 + 5.25, Y0 - 10.25) == pytest.approx((10.5, 20.5))
@@ -82,14 +82,39 @@ def test_geotiff_tags_give_the_affine_crs_and_nodata(metric_tif):
     assert 24.9 < lon < 25.0 and 60.15 < lat < 60.2
 
 
-def test_transformation_matrix_and_pixel_is_point():
-    rotated = affine_from_geotiff_tags({34264: (0.4, 0.3, 0, 100.0, 0.3, -0.4, 0, 200.0, 0, 0, 0, 0, 0, 0, 0, 1)})
-    assert rotated.xy(2, 1) == pytest.approx((100.0 + 0.8 + 0.3, 200.0 + 0.6 - 0.4))
+def test_transformation_matrix_and_pixel_is_point(tmp_path):
+    matrix = (0.4, 0.3, 0, X0, 0.3, -0.4, 0, Y0, 0, 0, 0, 0, 0, 0, 0, 1)  # rotated and scaled
+    rotated = read_orthophoto(write_geotiff(tmp_path / "rot.tif", photo(20, 20), epsg=3067, geographic=False,
+                                            matrix=matrix)).transform
+    assert rotated.xy(2, 1) == pytest.approx((X0 + 0.8 + 0.3, Y0 + 0.6 - 0.4))
     assert rotated.colrow(*rotated.xy(7.25, 3.5)) == pytest.approx((7.25, 3.5))
-    tags = {33922: (0, 0, 0, 1000.0, 2000.0, 0), 33550: (2.0, 2.0, 0)}
-    area, point = affine_from_geotiff_tags(tags), affine_from_geotiff_tags(tags, pixel_is_point=True)
-    assert area.xy(0, 0) == (1000.0, 2000.0)
-    assert point.xy(0.5, 0.5) == (1000.0, 2000.0)  # PixelIsPoint: the tie point is a pixel centre
+    kw = dict(epsg=3067, geographic=False, tiepoint=(X0, Y0), scale=(2.0, 2.0))
+    area = read_orthophoto(write_geotiff(tmp_path / "area.tif", photo(8, 8), **kw)).transform
+    point = read_orthophoto(write_geotiff(tmp_path / "point.tif", photo(8, 8), pixel_is_point=True, **kw)).transform
+    assert area.xy(0, 0) == (X0, Y0)
+    assert point.xy(0.5, 0.5) == (X0, Y0)  # PixelIsPoint: the tie point is a pixel centre
+
+
+def test_web_mercator_footprints_are_ground_metres(tmp_path):
+    """EPSG:3857 (OpenAerialMap's tiles) stretches by 1/cos φ: at 60° N a 1.0-unit pixel is 0.5 m."""
+    from geotextloc.data.geoloc import reproject_points
+
+    x0, y0 = reproject_points("EPSG:4326", "EPSG:3857", 25.0, 60.0)
+    ortho = read_orthophoto(write_geotiff(tmp_path / "merc.tif", photo(400, 400), epsg=3857, geographic=False,
+                                          tiepoint=(x0, y0), scale=(1.0, 1.0)))
+    mx, my = ortho.metres_per_pixel()
+    assert mx == pytest.approx(0.5, rel=5e-3) and my == pytest.approx(0.5, rel=5e-3)  # sphere vs WGS 84: 0.3 %
+    seed = sliding_window_seeds(ortho, window_m=100, stride_m=100)[0]
+    assert seed.window[2:] == (round(100 / my), round(100 / mx)) == (200, 199)  # 100 m: 200 pixels, not 100
+
+
+def test_resolution_reads_a_coarser_grid_of_the_same_ground(metric_tif):
+    fine, coarse = read_orthophoto(metric_tif), read_orthophoto(metric_tif, resolution_m=1.0)
+    assert coarse.shape == (150, 200)
+    assert coarse.metres_per_pixel() == pytest.approx((1.0, 1.0), rel=1e-3)
+    assert coarse.transform.xy(0, 0) == fine.transform.xy(0, 0)
+    assert coarse.transform.xy(200, 150) == fine.transform.xy(400, 300)
+    assert coarse.valid()[:, :75].sum() == 0 and coarse.valid()[:, 75:].all()  # the mask follows
 
 
 def test_alpha_band_marks_the_coverage(tmp_path):
@@ -108,13 +133,18 @@ def test_alpha_band_marks_the_coverage(tmp_path):
 def test_unusable_geotiffs_fail_with_one_line(tmp_path):
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, np.zeros((8, 8, 3), np.uint8), photometric="rgb")
-    with pytest.raises(DataError, match="plain.tif: not a usable GeoTIFF"):
+    with pytest.raises(DataError, match="plain.tif: not a usable GeoTIFF: no geotransform"):
         read_orthophoto(plain)
     custom = write_geotiff(tmp_path / "custom.tif", np.zeros((8, 8, 3), np.uint8), epsg=32767,
                            geographic=False, tiepoint=(0, 0), scale=(1, 1))
-    with pytest.raises(DataError, match="names no EPSG code; pass crs="):
+    with pytest.raises(DataError, match="names no EPSG code.*pass crs="):
         read_orthophoto(custom)
     assert read_orthophoto(custom, crs="EPSG:3067").crs == "EPSG:3067"
+    (tmp_path / "text.tif").write_text("not a raster")
+    with pytest.raises(DataError, match="text.tif: not a readable raster"):
+        read_orthophoto(tmp_path / "text.tif")
+    with pytest.raises(DataError, match="missing.tif: orthophoto not found"):
+        read_orthophoto(tmp_path / "missing.tif")
 
 
 # ----------------------------------------------------------------------------- seeds, crops, dedup
@@ -138,14 +168,17 @@ def test_sliding_window_seeds_skip_nodata_and_sit_at_window_centres(metric_tif):
 
 
 def test_seeds_on_a_lon_lat_orthophoto_use_metres(tmp_path):
-    deg = 1e-5  # ≈ 0.553 m east-west and 1.112 m north-south at 60.17° N
+    deg = 1e-5  # ≈ 0.556 m east-west and 1.114 m north-south at 60.17° N (WGS 84 ellipsoid)
     path = write_geotiff(tmp_path / "wgs84.tif", photo(200, 400), epsg=4326, geographic=True,
                          tiepoint=(LON0, LAT0), scale=(deg, deg))
     ortho = read_orthophoto(path)
     assert ortho.crs == "EPSG:4326" and ortho.geographic
     mx, my = ortho.metres_per_pixel()
-    assert my == pytest.approx(1.11195, rel=1e-4)
-    assert mx == pytest.approx(1.11195 * math.cos(math.radians(LAT0 - 100 * deg)), rel=1e-4)
+    phi = math.radians(LAT0 - 100 * deg)  # the raster's centre
+    w = 1 - 6.69437999014e-3 * math.sin(phi) ** 2  # radii of curvature of WGS 84 there
+    assert my == pytest.approx(6378137.0 * (1 - 6.69437999014e-3) / w**1.5 * math.radians(deg), rel=1e-6)
+    assert mx == pytest.approx(6378137.0 / math.sqrt(w) * math.cos(phi) * math.radians(deg), rel=1e-6)
+    assert my == pytest.approx(1.1141, abs=1e-4)  # 111.41 km per degree of latitude at 60° N
     seeds = sliding_window_seeds(ortho, window_m=50, stride_m=50)
     h, w = seeds[0].window[2:]
     assert (h, w) == (round(50 / my), round(50 / mx)) == (45, 90)

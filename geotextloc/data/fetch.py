@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import http.client
 import io
 import random
@@ -91,6 +92,15 @@ def image_problem(data: bytes) -> str | None:
     if fmt == "JPEG" and b"\xff\xd9" not in data[-64:]:
         return "truncated JPEG (no end-of-image marker)"
     return None
+
+
+def json_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a JSON object (an API's answer), or None."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return "not a JSON document"
+    return None if isinstance(doc, dict) else "not a JSON object"
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -166,6 +176,15 @@ class Fetcher:
 
     def get_image(self, url: str) -> bytes:
         """The verified image body at ``url``; raises :class:`FetchError` (redacted) once retries are spent."""
+        return self.get(url, image_problem, "image/*")
+
+    def get_json(self, url: str):
+        """The JSON document at ``url`` (e.g. Street View metadata), parsed; retried like an image."""
+        return json.loads(self.get(url, json_problem, "application/json"))
+
+    def get(self, url: str, problem=image_problem, accept: str = "image/*") -> bytes:
+        """The body at ``url`` once ``problem(body)`` finds nothing wrong with it; retries, rate
+        limit and errors as the module docstring says."""
         last = "no attempt made"
         for attempt in range(1, self.p.max_attempts + 1):
             if self.stop.is_set():
@@ -174,11 +193,11 @@ class Fetcher:
             with self._count_lock:
                 self.requests += 1
             try:
-                data = self._get(url)
-                problem = image_problem(data)
-                if problem is None:
+                data = self._get(url, accept)
+                why = problem(data)
+                if why is None:
                     return data
-                last, wait = f"{problem} ({len(data)} bytes)", None
+                last, wait = f"{why} ({len(data)} bytes)", None
             except urllib.error.HTTPError as err:
                 status, wait = err.code, retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
                 err.close()
@@ -208,8 +227,8 @@ class Fetcher:
             self.stop.wait(wait)
         raise FetchError(f"{last}, after {self.p.max_attempts} attempt(s)")
 
-    def _get(self, url: str) -> bytes:
-        request = urllib.request.Request(url, headers={"User-Agent": self.p.user_agent, "Accept": "image/*"})
+    def _get(self, url: str, accept: str = "image/*") -> bytes:
+        request = urllib.request.Request(url, headers={"User-Agent": self.p.user_agent, "Accept": accept})
         with self.opener.open(request, timeout=self.p.timeout) as response:
             data = response.read(MAX_BODY + 1)
         if len(data) > MAX_BODY:

@@ -1,6 +1,7 @@
 """GeoLoc construction tools (GeoBridge, CVPR 2026: the GeoLoc dataset), for real data.
 
-The paper's pipeline, one function per step:
+The paper's pipeline, one function per step (:mod:`geotextloc.data.geoloc_build` runs them
+end to end, from an orthophoto file to a manifest):
 
 (a) footprint seeds: a sliding window over a geo-referenced UAV orthophoto (GeoTIFF) gives
     ground footprints whose centres are the seeds        -> :func:`read_orthophoto`, :func:`sliding_window_seeds`
@@ -13,20 +14,21 @@ The paper's pipeline, one function per step:
     (roads, intersections, buildings, landmarks, water), no transient or view-specific
     wording               -> :func:`geotextloc.data.geoloc_description.describe_location`
 
-GeoTIFFs are read with ``tifffile``; the affine transform is built here from the GeoTIFF
-tags (no GDAL). Supported: north-up or rotated affine rasters (ModelTransformationTag or one
-tie point + pixel scale), PixelIsArea and PixelIsPoint, geographic CRS in degrees (lon, lat;
-EPSG:4326 and other geographic datums, treated as WGS 84) and projected CRS in metres (any
-EPSG code; converting to lon/lat uses ``pyproj``). Not supported: rasters georeferenced by
-many tie points (GCPs; warp them first), non-metre projected units. JPEG/LZW-compressed
-GeoTIFFs (common for OpenAerialMap) need the ``imagecodecs`` package to be decoded.
+Rasters are read with ``rasterio`` (GDAL, bundled in its wheels: GeoTIFF in any compression
+OpenAerialMap uses, COG overviews, GDAL's nodata / alpha / internal masks, any CRS PROJ
+knows). Supported: north-up or rotated affine rasters, geographic (lon, lat) and projected
+CRSs in any unit; ground metres per pixel are measured on the WGS 84 ellipsoid between
+neighbouring pixels' lon/lat, so Web-Mercator rasters (EPSG:3857, stretched by 1/cos φ) get
+footprints of the right size. Coordinates are converted to and from WGS 84 with
+``rasterio.warp.transform`` (PROJ inside GDAL; no pyproj needed). Not supported: rasters
+georeferenced by ground control points or RPCs (warp them to a grid first with ``gdalwarp``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -35,14 +37,9 @@ from PIL import Image
 
 from geotextloc.errors import ConfigError, DataError
 
-EARTH_RADIUS_M = 6_371_008.8  # mean Earth radius
-M_PER_DEG = math.pi * EARTH_RADIUS_M / 180.0  # ≈ 111 195 m per degree of latitude
 PAPER_SCALES_M = (80, 100, 120, 140, 160, 180)  # "several scales (80 m to 180 m)"
-
-# GeoTIFF tags and GeoKeys
-MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
-GDAL_NODATA, EXTRA_SAMPLES = 42113, 338
-PIXEL_IS_POINT, METRE = 2, 9001
+WGS84 = "EPSG:4326"
+WGS84_A, WGS84_E2 = 6_378_137.0, 6.69437999014e-3  # semi-major axis (m), first eccentricity squared
 
 
 # ----------------------------------------------------------------------------- orthophoto
@@ -72,36 +69,39 @@ class Affine:
         return (self.e * dx - self.b * dy) / det, (self.a * dy - self.d * dx) / det
 
 
-def affine_from_geotiff_tags(tags: Mapping[int, Any], pixel_is_point: bool = False) -> Affine:
-    """The affine of a GeoTIFF from its tags (by code), as GDAL reads it.
+def ground_distance_m(lon1, lat1, lon2, lat2):
+    """Distance in metres between nearby WGS 84 points (a few pixels apart), on the ellipsoid:
+    √((M·Δφ)² + (N·cos φ·Δλ)²) with the meridional and prime-vertical radii of curvature
+    M = a(1−e²)/(1−e² sin²φ)^{3/2}, N = a/√(1−e² sin²φ) at the mean latitude φ."""
+    phi = np.radians((np.asarray(lat1) + np.asarray(lat2)) / 2)
+    w = 1.0 - WGS84_E2 * np.sin(phi) ** 2
+    m, n = WGS84_A * (1.0 - WGS84_E2) / w**1.5, WGS84_A / np.sqrt(w)
+    return np.hypot(m * np.radians(np.subtract(lat2, lat1)), n * np.cos(phi) * np.radians(np.subtract(lon2, lon1)))
 
-    ModelTransformationTag (34264), a row-major 4×4 M:  x = M0·col + M1·row + M3,
-    y = M4·col + M5·row + M7. Otherwise ModelTiepointTag (33922) (i, j, k, X, Y, Z) and
-    ModelPixelScaleTag (33550) (Sx, Sy, Sz):  x = X + (col − i)·Sx,  y = Y − (row − j)·Sy.
-    PixelIsPoint rasters tie pixel *centres*: the corner grid is shifted by half a pixel.
-    """
-    if MODEL_TRANSFORMATION in tags:
-        m = [float(v) for v in tags[MODEL_TRANSFORMATION]]
-        t = Affine(m[0], m[1], m[3], m[4], m[5], m[7])
-    elif MODEL_TIEPOINT in tags and MODEL_PIXEL_SCALE in tags:
-        tie, scale = [float(v) for v in tags[MODEL_TIEPOINT]], [float(v) for v in tags[MODEL_PIXEL_SCALE]]
-        if len(tie) > 6:
-            raise ValueError("several tie points (a GCP raster): warp it to a grid first")
-        i, j, _, x, y, _ = tie
-        t = Affine(scale[0], 0.0, x - i * scale[0], 0.0, -scale[1], y + j * scale[1])
-    else:
-        raise ValueError("no ModelTransformationTag nor ModelTiepointTag + ModelPixelScaleTag")
-    if pixel_is_point:
-        t = Affine(t.a, t.b, t.c - 0.5 * (t.a + t.b), t.d, t.e, t.f - 0.5 * (t.d + t.e))
-    return t
+
+def reproject_points(src: str, dst: str, xs, ys):
+    """Points (xs, ys) from CRS ``src`` to ``dst`` (x = lon, y = lat for geographic CRSs);
+    scalars in, scalars out; arrays in, arrays out."""
+    if src == dst:
+        return xs, ys
+    from rasterio.warp import transform
+
+    scalar = np.ndim(xs) == 0
+    out_x, out_y = transform(src, dst, np.atleast_1d(xs).astype(float).ravel().tolist(),
+                             np.atleast_1d(ys).astype(float).ravel().tolist())
+    if scalar:
+        return float(out_x[0]), float(out_y[0])
+    return np.asarray(out_x).reshape(np.shape(xs)), np.asarray(out_y).reshape(np.shape(ys))
 
 
 @dataclass
 class Orthophoto:
     """A geo-referenced image: ``image`` (H, W, C), its ``transform`` and CRS.
 
-    ``geographic``: coordinates are (lon, lat) degrees; otherwise metres in ``crs``.
-    ``nodata``: the value of empty pixels (in every band); ``alpha``: the last band is alpha.
+    ``geographic``: coordinates are (lon, lat) degrees; otherwise the projected CRS's units.
+    ``nodata``: the value of empty pixels (in every band); ``alpha``: the last band is alpha;
+    ``mask`` (H, W) bool, when given, says which pixels hold data (GDAL's mask: nodata, alpha
+    or an internal mask) and replaces the two.
     """
 
     image: np.ndarray
@@ -111,6 +111,8 @@ class Orthophoto:
     nodata: float | None = None
     alpha: bool = False
     name: str = "orthophoto"
+    mask: np.ndarray | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # the file's metadata (GDAL tags)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -118,6 +120,8 @@ class Orthophoto:
 
     def valid(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """True where a pixel (of the window ``rows``, ``cols``) holds data."""
+        if self.mask is not None:
+            return self.mask[rows, cols]
         px = self.image[rows, cols]
         bands = px[..., :-1] if self.alpha else px
         ok = px[..., -1] > 0 if self.alpha else np.ones(px.shape[:2], dtype=bool)
@@ -127,21 +131,22 @@ class Orthophoto:
         return ok
 
     def metres_per_pixel(self) -> tuple[float, float]:
-        """Ground size of a pixel (along columns, along rows); for degrees, the local
-        equirectangular scale at the raster's centre: 1° lat = πR/180, 1° lon = that · cos φ."""
-        t = self.transform
-        sx, sy = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
-        if not self.geographic:
-            return sx, sy
-        lat = t.xy(self.shape[1] / 2, self.shape[0] / 2)[1]
-        return sx * M_PER_DEG * math.cos(math.radians(lat)), sy * M_PER_DEG
+        """Ground size of a pixel (along columns, along rows) at the raster's centre: the
+        distance on the WGS 84 ellipsoid between neighbouring pixels' lon/lat
+        (:func:`ground_distance_m`), so the CRS's scale is included (×cos φ in Web Mercator,
+        ≈ 1/0.9996 in UTM)."""
+        col, row = self.shape[1] / 2, self.shape[0] / 2
+        xs, ys = self.transform.xy(np.array([col, col + 1, col]), np.array([row, row, row + 1]))
+        lon, lat = self.to_lonlat(xs, ys)
+        return (float(ground_distance_m(lon[0], lat[0], lon[1], lat[1])),
+                float(ground_distance_m(lon[0], lat[0], lon[2], lat[2])))
 
     def to_crs(self, lon, lat):
         """(x, y) in the orthophoto's CRS of WGS 84 (lon, lat)."""
-        return (lon, lat) if self.geographic else _transformer("EPSG:4326", self.crs).transform(lon, lat)
+        return (lon, lat) if self.geographic else reproject_points(WGS84, self.crs, lon, lat)
 
     def to_lonlat(self, x, y):
-        return (x, y) if self.geographic else _transformer(self.crs, "EPSG:4326").transform(x, y)
+        return (x, y) if self.geographic else reproject_points(self.crs, WGS84, x, y)
 
     def rgb(self, rows: slice, cols: slice) -> Image.Image:
         """The RGB of a pixel window as a PIL image (non-uint8 data: 2–98 % of the window to 0–255)."""
@@ -152,78 +157,113 @@ class Orthophoto:
         return Image.fromarray(px[..., 0] if px.shape[2] == 1 else px).convert("RGB")
 
 
-@lru_cache(maxsize=16)
-def _transformer(src: str, dst: str):
+def _rasterio():
     try:
-        from pyproj import Transformer
+        import rasterio
     except ImportError:
-        raise ConfigError(f"converting {src} to {dst} needs pyproj; pip install pyproj") from None
-    return Transformer.from_crs(src, dst, always_xy=True)
+        raise ConfigError("reading orthophotos needs rasterio: pip install 'geotextloc[geoloc]'") from None
+    return rasterio
 
 
-def _is_geographic(crs: str) -> bool:
+def _check_crs(path: Path, crs, given: str | None):
+    """The CRS to use (a rasterio CRS), or a one-line DataError naming ``path`` and the fix."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    if given is not None:
+        try:
+            crs = CRS.from_user_input(given)
+        except CRSError as err:
+            raise ConfigError(f"unknown CRS {given!r} ({err}); use 'EPSG:<code>'") from None
+    if crs is None:
+        raise DataError(f"{path}: not georeferenced: it has a geotransform but no CRS; "
+                        "pass crs='EPSG:<code>' (--crs) or assign one with gdal_edit.py -a_srs EPSG:<code>")
+    if not (crs.is_geographic or crs.is_projected):
+        raise DataError(f"{path}: the GeoTIFF names no EPSG code (its CRS is a local, user-defined one); "
+                        "pass crs='EPSG:<code>' (--crs) with the CRS it was made in")
+    return crs
+
+
+def _open_checked(path: str | Path, crs: str | None = None):
+    """(open rasterio dataset, its CRS) after the header checks; one-line DataError naming
+    ``path`` and the fix for a missing, unreadable or not georeferenced file."""
+    rasterio = _rasterio()
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: orthophoto not found; pass the path of a GeoTIFF")
     try:
-        from pyproj import CRS
-    except ImportError:
-        return crs.upper() in ("EPSG:4326", "OGC:CRS84")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+    except RasterioError as err:
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise DataError(f"{path}: not a readable raster ({reason}); pass a GeoTIFF") from None
     try:
-        return CRS.from_user_input(crs).is_geographic
-    except Exception as err:  # pyproj.exceptions.CRSError
-        raise ConfigError(f"unknown CRS {crs!r} ({err}); use 'EPSG:<code>'") from None
+        if ds.gcps[0] or ds.rpcs:
+            raise DataError(f"{path}: georeferenced by ground control points / RPCs, not a grid; "
+                            f"warp it first: gdalwarp -r bilinear {path.name} {path.stem}-warped.tif")
+        if ds.transform.is_identity:
+            raise DataError(f"{path}: not a usable GeoTIFF: no geotransform (not georeferenced); "
+                            "give an orthophoto exported with its georeferencing (a GeoTIFF with tie point + "
+                            "pixel scale or a transformation matrix)")
+        return ds, _check_crs(path, ds.crs, crs)
+    except BaseException:
+        ds.close()
+        raise
+
+
+def orthophoto_tags(path: str | Path, crs: str | None = None) -> dict[str, str]:
+    """The metadata tags of an orthophoto, after the header checks of :func:`read_orthophoto`
+    (no pixel is read)."""
+    ds, _ = _open_checked(path, crs)
+    with ds:
+        return {str(k): str(v) for k, v in ds.tags().items()}
 
 
 def read_orthophoto(
-    path: str | Path, crs: str | None = None, nodata: float | None = None, out: str | None = None
+    path: str | Path, crs: str | None = None, nodata: float | None = None, resolution_m: float | None = None,
 ) -> Orthophoto:
-    """Read a GeoTIFF orthophoto (first page, full resolution).
+    """Read a geo-referenced orthophoto (GeoTIFF or any raster GDAL reads), first band set.
 
-    ``crs`` overrides the GeoKeys (e.g. "EPSG:3067" for a raster with a user-defined CRS);
-    ``nodata`` overrides the GDAL_NODATA tag. An alpha band (ExtraSamples) marks coverage too.
-    ``out="memmap"`` decodes into a temporary memory-mapped file instead of RAM (large rasters).
+    ``crs`` overrides the file's CRS (e.g. "EPSG:3067" for a raster with a user-defined CRS);
+    ``nodata`` overrides its nodata value (then the mask is computed from it); otherwise the
+    coverage is GDAL's mask (nodata, alpha band or internal mask). ``resolution_m``: read at
+    about this many ground metres per pixel (block-averaged, from the file's overviews where it
+    has them) instead of full resolution — UAV mosaics come at 2–10 cm, the views at 0.3–0.8 m.
+    Errors are one line naming the file and the fix.
     """
-    try:
-        import tifffile
-    except ImportError:
-        raise ConfigError("reading GeoTIFFs needs tifffile: pip install 'geotextloc[geoloc]'") from None
+    from rasterio.enums import ColorInterp, Resampling
+    from rasterio.errors import RasterioError
 
     path = Path(path)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            tags = {tag.code: tag.value for tag in page.tags.values()}
-            keys = dict(tif.geotiff_metadata or {})
-            image = page.asarray(out=out)
-            separate = int(page.planarconfig) == 2
-    except (ValueError, ImportError, NotImplementedError) as err:
-        hint = " (pip install imagecodecs)" if "imagecodecs" in str(err) else ""
-        raise DataError(f"{path}: cannot decode the GeoTIFF: {err}{hint}") from None
-    except (OSError, tifffile.TiffFileError) as err:
-        raise DataError(f"{path}: not a readable TIFF file ({err})") from None
-    if image.ndim == 3 and separate:
-        image = np.moveaxis(image, 0, -1)
-    if image.ndim == 2:
-        image = image[..., None]
-    try:
-        transform = affine_from_geotiff_tags(tags, int(keys.get("GTRasterTypeGeoKey", 1)) == PIXEL_IS_POINT)
-    except ValueError as err:
-        raise DataError(f"{path}: not a usable GeoTIFF: {err}") from None
-    geographic = int(keys.get("GTModelTypeGeoKey", 0)) == 2
-    if crs is None:
-        code = keys.get("GeographicTypeGeoKey") if geographic else keys.get("ProjectedCSTypeGeoKey")
-        if code is None or int(code) == 32767:
-            raise DataError(f"{path}: the GeoTIFF names no EPSG code; pass crs='EPSG:<code>'")
-        crs = f"EPSG:{int(code)}"
-    else:
-        geographic = _is_geographic(crs)
-    units = keys.get("ProjLinearUnitsGeoKey")
-    if not geographic and units is not None and int(units) != METRE:
-        raise DataError(f"{path}: projected units are not metres (GeoKey {int(units)}); reproject to a metric CRS")
-    if nodata is None and GDAL_NODATA in tags:
-        nodata = float(str(tags[GDAL_NODATA]).strip("\x00 "))
-    extra = tags.get(EXTRA_SAMPLES, ())
-    extra = (extra,) if isinstance(extra, int) else tuple(extra)
-    alpha = bool(extra) and int(extra[-1]) in (1, 2) and image.shape[2] in (2, 4)
-    return Orthophoto(image, transform, crs, geographic, nodata, alpha, path.stem)
+    ds, crs_obj = _open_checked(path, crs)
+    with ds:
+        scale = 1.0
+        if resolution_m:
+            probe = Orthophoto(np.zeros((ds.height, ds.width, 1), np.uint8), Affine(*tuple(ds.transform)[:6]),
+                               _crs_name(crs_obj), bool(crs_obj.is_geographic))
+            scale = max(1.0, resolution_m / min(probe.metres_per_pixel()))
+        height, width = max(1, round(ds.height / scale)), max(1, round(ds.width / scale))
+        try:
+            image = ds.read(out_shape=(ds.count, height, width), resampling=Resampling.average)
+            mask = None if nodata is not None else ds.dataset_mask(out_shape=(height, width)) > 0
+        except RasterioError as err:
+            raise DataError(f"{path}: cannot decode the raster ({str(err).splitlines()[0][:160]})") from None
+        t = ds.transform @ ds.transform.scale(ds.width / width, ds.height / height)
+        alpha = ds.count in (2, 4) and ds.colorinterp[-1] == ColorInterp.alpha
+        tags = {str(k): str(v) for k, v in ds.tags().items()}
+        file_nodata = ds.nodata
+    return Orthophoto(np.moveaxis(image, 0, -1), Affine(t.a, t.b, t.c, t.d, t.e, t.f), _crs_name(crs_obj),
+                      bool(crs_obj.is_geographic), file_nodata if nodata is None else nodata, alpha, path.stem,
+                      mask, tags)
+
+
+def _crs_name(crs) -> str:
+    """``EPSG:<code>`` when the CRS has one, else its WKT."""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
 # ----------------------------------------------------------------------------- footprints

@@ -49,7 +49,8 @@ VIEW_SPECIFIC = [  # wording tied to one camera or picture: removed from the sen
     r"\b(?:an? |the )?(?:aerial|bird'?s[- ]eye|top[- ]down|overhead|satellite|drone|uav|street[- ]level|"
     r"street[- ]view|ground[- ]level)(?: view| image| photo| perspective| imagery)\b(?: shows)?",
     r"\b(?:the|this|our) (?:camera|drone|satellite|viewer|photographer|observer)\b",
-    r"\b(?:we|you|one) (?:can )?(?:see|notice|observe)\b",
+    r"\b(?:i|we|you|one) (?:can )?(?:see|notice|observe)\b",
+    r"\b(?:i am|i'm|we are) (?:standing|located|positioned)\b",
     r"\b(?:is|are) (?:clearly |also )?(?:visible|seen|shown)\b",
     r"\bcan be (?:seen|observed|noticed)\b",
     r"\b(?:on|to|at) (?:the|your) (?:left|right)(?: side| hand side)?(?: of (?:the|this) (?:image|photo|picture|frame|view))?\b",

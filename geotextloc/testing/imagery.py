@@ -19,6 +19,12 @@ request                                               answer
                                                       the API), cropped to the aspect and resized
                                                       (with ``heading``: the nearest panorama, cut as
                                                       above, where there is one); else 404
+``/maps/api/streetview/metadata?location=LAT,LON``    JSON as the Street View Image Metadata API's: of
+``[&radius=R]&key=K`` (free metadata requests)         the source panorama nearest to the location
+                                                      within ``radius`` (default 50 m): ``status`` OK,
+                                                      ``pano_id``, ``location`` {lat, lng}, ``date``
+                                                      (the name's ``yyyy-mm``), ``copyright``; else
+                                                      ``{"status": "ZERO_RESULTS"}`` (HTTP 200)
 ``/maps/api/staticmap?center=LAT,LON&zoom=Z``         the Web-Mercator footprint of the Static API
 ``&size=WxH&maptype=satellite&format=jpg|png&key=K``  image, drawn from the source's satellite tiles
                                                       (``maptype=roadmap``: its OSM tiles)
@@ -75,7 +81,7 @@ SEARCH_RADIUS_M = 50.0  # the Street View Static API's default search radius
 DEFAULT_FOOTPRINT_M = 60.0  # the embedded build's tile side, when the source has no build.json
 NO_DATA = (204, 204, 204)
 LAYERS = ("satellite", "osm")
-ROUTES = ("streetview", "staticmap", "tiles/satellite", "tiles/osm")
+ROUTES = ("streetview", "metadata", "staticmap", "tiles/satellite", "tiles/osm")
 _XYZ = re.compile(r"^/tiles/(?P<layer>[a-z]+)/(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)\.(?P<ext>png|jpe?g)$")
 _WMTS = re.compile(r"^/wmts/(?P<layer>[a-z]+)/GoogleMapsCompatible/(?P<z>\d+)/(?P<y>\d+)/(?P<x>\d+)\."
                    r"(?P<ext>png|jpe?g)$")
@@ -223,7 +229,7 @@ class FakeImagery:
             pano = panorama_id(record.name) if record.view == PANORAMA else None
             if street is not None and pano is not None:
                 self.panoramas[pano[0]] = (street, pano[1])
-                pano_places.append((record.lat, record.lon, pano[0]))
+                pano_places.append((record.lat, record.lon, pano[0], record.name.split("_")[1]))
             elif street is not None:
                 singles.append((record.lat, record.lon, street))
             for layer in LAYERS:
@@ -327,6 +333,14 @@ class FakeImagery:
         view = crop_single_view(panorama, centre if heading is None else heading, fov, size)
         return _encode(view, "JPEG")
 
+    def _metadata(self, q: dict) -> tuple[bytes, str]:
+        lat, lon = _latlon(q.get("location"), "location")
+        place = self._nearest(self._pano_places, lat, lon, float(q.get("radius", SEARCH_RADIUS_M)))
+        doc = {"status": "ZERO_RESULTS"} if place is None else {
+            "status": "OK", "pano_id": place[2], "location": {"lat": place[0], "lng": place[1]}, "date": place[3],
+            "copyright": "© imagery stand-in (geotextloc.testing)"}
+        return json.dumps(doc).encode(), "application/json"
+
     @staticmethod
     def _nearest(places: list[tuple], lat: float, lon: float, radius: float) -> tuple | None:
         if not places:
@@ -362,11 +376,12 @@ class FakeImagery:
         key = q.pop("key", None)
         request = parts.path + ("?" + urllib.parse.urlencode(sorted(q.items())) if q else "")
         tile = _XYZ.match(parts.path) or _WMTS.match(parts.path)
-        route = {"/maps/api/streetview": "streetview", "/maps/api/staticmap": "staticmap"}.get(parts.path) or (
+        route = {"/maps/api/streetview": "streetview", "/maps/api/streetview/metadata": "metadata",
+                 "/maps/api/staticmap": "staticmap"}.get(parts.path) or (
             f"tiles/{tile['layer']}" if tile else "unknown")
         if route == "unknown":
             return route, request, 404, {}, b"not a route of the imagery stand-in", "text/plain"
-        if route in ("streetview", "staticmap") and key != self.key:
+        if route in ("streetview", "metadata", "staticmap") and key != self.key:
             return route, request, 403, {}, b"The provided API key is invalid.", "text/plain"
         fault = self._fault(request)
         if fault is not None:
@@ -375,6 +390,8 @@ class FakeImagery:
         try:
             if route == "streetview":
                 body, ctype = self._street_view(q)
+            elif route == "metadata":
+                body, ctype = self._metadata(q)
             elif route == "staticmap":
                 body, ctype = self._static_map(q)
             else:

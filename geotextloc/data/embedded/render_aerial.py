@@ -641,3 +641,17 @@ def render_drone(region: Region, loc: Location, size_px: int, footprint_m: float
     """A UAV orthophoto of ``footprint_m`` (80–180 m) around ``loc`` whose up points to bearing
     ``rotation_deg``: a lower camera (buildings lean outwards), morning sun, warm sharp grading."""
     return _render(region, loc, size_px, footprint_m, rotation_deg, DRONE, seed)
+
+
+#: A UAV orthomosaic (OpenAerialMap-like): the drone's light and grading, orthorectified (no lean).
+ORTHOMOSAIC = AerialStyle("orthomosaic", sun_azimuth=DRONE.sun_azimuth, sun_elevation=DRONE.sun_elevation,
+                          camera_height_m=None, shadow_strength=DRONE.shadow_strength, shadow_tint=DRONE.shadow_tint,
+                          gain=DRONE.gain, gamma=DRONE.gamma, saturation=DRONE.saturation, haze=DRONE.haze,
+                          noise=DRONE.noise, sharpen=DRONE.sharpen, supersample=1)
+
+
+def render_orthomosaic_tile(region: Region, loc: Location, size_px: int, footprint_m: float,
+                            seed: int = 0) -> Image.Image:
+    """One north-up tile (``footprint_m`` square around ``loc``) of a synthetic UAV orthomosaic;
+    :mod:`~geotextloc.data.embedded.orthophoto` puts tiles side by side into a GeoTIFF."""
+    return _render(region, loc, size_px, footprint_m, 0.0, ORTHOMOSAIC, seed)
