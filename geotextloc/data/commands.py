@@ -18,7 +18,7 @@ import numpy as np
 
 from geotextloc.data import materialize
 from geotextloc.data.embedded import commands as embedded_commands
-from geotextloc.data import geoloc_commands, osm_commands
+from geotextloc.data import describe_commands, geoloc_commands, osm_commands
 from geotextloc.data.release import (IMAGE_KINDS, PANORAMA, SINGLE, SPLITS, BadItemError, Skipped,
                                      discover_versions, read_release)
 from geotextloc.errors import DataError
@@ -50,6 +50,7 @@ def register(subparsers) -> None:
     osm_commands.register(data_subparsers)
     materialize.register(data_subparsers)
     geoloc_commands.register(data_subparsers)
+    describe_commands.register(data_subparsers)
     register_publish(data_subparsers)
 
 

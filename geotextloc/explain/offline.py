@@ -226,17 +226,14 @@ def _ocr(tile) -> list[dict]:
     return labels
 
 
-_ENGINE = None
 _OCR_MEMO: dict[str, list[dict]] = {}  # image sha256 -> labels, for this process
 
 
 def _engine():
-    global _ENGINE
-    if _ENGINE is None:
-        from rapidocr_onnxruntime import RapidOCR  # heavy: imported on first use
+    """RapidOCR at a 512 px detector: the text pipeline's engine (:func:`geotextloc.text.ocr.engine`)."""
+    from geotextloc.text import ocr
 
-        _ENGINE = RapidOCR(det_limit_side_len=512)
-    return _ENGINE
+    return ocr.engine(512)
 
 
 @dataclass

@@ -20,6 +20,15 @@ floor where they would overlap); POIs without a building (stops, city bikes, kio
 on a pole. The camera stands in the right-hand lane (:func:`sampling.camera_xy`), and the
 signs drawn are reported in ``info["signs"]`` so that the scene facts, and so the texts, put
 each named POI where the image shows it.
+
+Label map (``render_panorama(..., labels=True)``): the renderer also says, per pixel, what it
+drew there (:data:`LABEL_CLASSES`: sky, building, road, sidewalk, vegetation, ground, water,
+tree, sign, pole, vehicle), in ``info["labels"]`` (uint8, ``H × W``). It is ground truth from
+the scene, not a segmenter's guess: ground pixels are classed by the OSM geometry their ray
+meets (asphalt, pavements and paths, green cover, water, as the ground map paints them), the
+capture car's roof at the nadir is ``vehicle``. It is computed alongside and never changes a
+pixel of the image; :func:`crop_labels` cuts the single view's map as :func:`crop_single_view`
+cuts the photo.
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ from PIL import Image, ImageDraw
 from shapely.geometry import Point, box
 
 from geotextloc.data.embedded import raster
-from geotextloc.data.embedded.render_aerial import FACADES, ROOF_SLOPE_DEG, _draw_ground, _scene
+from geotextloc.data.embedded.render_aerial import (COVER, FACADES, PATH_WIDTH, ROOF_SLOPE_DEG, STREETS,
+                                                    URBAN_DENSITY, _draw_ground, _scene)
+from geotextloc.data.embedded.render_map import WATER_KINDS
 from geotextloc.data.embedded.sampling import camera_xy
 from geotextloc.data.embedded.scene import Location, Region
 
@@ -62,6 +73,12 @@ SIGN_COLOURS = [((24, 70, 48), (255, 255, 255)), ((150, 24, 30), (255, 255, 255)
                 ((22, 36, 80), (255, 255, 255)), ((20, 20, 22), (255, 236, 160)),
                 ((240, 238, 230), (20, 20, 20)), ((230, 190, 40), (20, 20, 20)),
                 ((90, 40, 90), (255, 255, 255))]
+#: Classes of the label map (``info["labels"]`` holds their indices).
+LABEL_CLASSES = ("sky", "building", "road", "sidewalk", "vegetation", "ground", "water", "tree", "sign",
+                 "pole", "vehicle")
+LABEL = {name: i for i, name in enumerate(LABEL_CLASSES)}
+GREEN_COVER = {"grass", "meadow", "village_green", "garden", "park", "scrub", "heath", "wetland", "forest",
+               "wood", "cemetery", "allotments", "pitch"}
 
 
 @dataclass
@@ -238,12 +255,13 @@ def camera_position(index: raster.RegionIndex, loc: Location) -> tuple[float, fl
 
 
 def render_panorama(region: Region, loc: Location, width: int = 512, height: int = 256,
-                    seed: int = 0) -> Image.Image:
+                    seed: int = 0, labels: bool = False) -> Image.Image:
     """An equirectangular street-level panorama at ``loc``; its centre column faces ``loc.heading``.
 
     The image's ``info["heading_deg"]`` records that bearing (used by :func:`crop_single_view`)
     and ``info["signs"]`` the signs drawn (POI id -> relative bearing and angular half width in
-    degrees; the scene facts place the POIs there).
+    degrees; the scene facts place the POIs there). With ``labels=True``, ``info["labels"]``
+    is the label map of the module docstring (the image is the same either way).
     """
     index = raster.prepare(region)
     st = _street(index)
@@ -284,6 +302,11 @@ def render_panorama(region: Region, loc: Location, width: int = 512, height: int
     haze = (1 - np.exp(-dist[near] / 220.0))[:, None, None]
     out[rn] = (ground * (1 - far) + FAR_GROUND * far) * (1 - haze) + SKY_HORIZON * haze
     out[rows_g[~near]] = FAR_GROUND * 0.7 + SKY_HORIZON * 0.3
+    lab = None
+    if labels:
+        lab = np.full((height, width), LABEL["sky"], np.uint8)
+        lab[rows_g] = LABEL["ground"]
+        lab[rn] = _ground_labels(index, x, y, gx, gy)
 
     # facades
     r_idx, c_idx = np.nonzero(facade)
@@ -320,18 +343,60 @@ def render_panorama(region: Region, loc: Location, width: int = 512, height: int
     # the nadir: the capture car's roof, blurred as in street-view imagery
     nadir = np.clip((-np.degrees(el) - 68.0) / 14.0, 0, 1).astype(np.float32)[:, None, None]
     out = out * (1 - 0.85 * nadir) + NADIR * 0.85 * nadir
+    if lab is not None:
+        lab[r_idx, c_idx] = LABEL["building"]
+        lab[nadir[:, 0, 0] >= 0.5] = LABEL["vehicle"]
 
     depth = np.full((height, width), np.inf, np.float32)
     depth[rows_g] = dist[:, None]
     depth[r_idx, c_idx] = tf
-    _trees(out, depth, index, x, y, loc.heading, width, height)
+    _trees(out, depth, index, x, y, loc.heading, width, height, lab)
 
     gy0, gx0 = rng.integers(0, height), rng.integers(0, width)
     out += 3.0 * grain[gy0:gy0 + height, gx0:gx0 + width]
     img = Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
-    img.info["signs"] = _signs(img, index, x, y, loc.heading, width, height, b[0], t[0], depth)
+    img.info["signs"] = _signs(img, index, x, y, loc.heading, width, height, b[0], t[0], depth, lab)
     img.info["heading_deg"] = float(loc.heading)
+    if lab is not None:
+        img.info["labels"] = lab
     return img
+
+
+def _ground_labels(index: raster.RegionIndex, x: float, y: float, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Label-map classes of the ground points (gx, gy), painted in the order the ground map
+    (:func:`render_aerial._draw_ground`) paints its colours: cover, water, paths, pavements, asphalt."""
+    region, scene = index.region, _scene(index)
+    lab = np.full(gx.size, LABEL["ground"], np.uint8)
+    px, py = gx.ravel(), gy.ravel()
+    q = box(x - GROUND_REACH_M - 20.0, y - GROUND_REACH_M - 20.0, x + GROUND_REACH_M + 20.0, y + GROUND_REACH_M + 20.0)
+
+    def paint(geom, cls: str) -> None:
+        geom = geom.intersection(q)
+        if not geom.is_empty:
+            shapely.prepare(geom)
+            lab[shapely.contains_xy(geom, px, py)] = LABEL[cls]
+
+    rows = sorted(index.near(index.areas, q), key=lambda i: -region.areas[i].polygon.area)
+    areas = [region.areas[i] for i in rows]
+    for a in areas:
+        if a.kind not in WATER_KINDS and a.kind in COVER:
+            paint(a.polygon, "vegetation" if a.kind in GREEN_COVER else
+                  "sidewalk" if a.kind == "pedestrian" else "ground")
+    for a in areas:
+        if a.kind in WATER_KINDS:
+            paint(a.polygon, "water")
+    roads = [region.roads[i] for i in index.near(index.roads, q)]
+    streets = [r for r in roads if r.kind.removesuffix("_link") in STREETS]
+    paths = [r for r in roads if r.kind.removesuffix("_link") not in STREETS]
+    if paths:
+        paint(shapely.union_all([r.line.buffer(PATH_WIDTH.get(r.kind, 1.5) / 2) for r in paths]), "sidewalk")
+    walks = [r.line.buffer((r.width_m + (5.0 if scene.density.get(r.id, 0.0) > URBAN_DENSITY else 2.4)) / 2)
+             for r in streets if r.kind not in ("service", "pedestrian", "living_street")]
+    if walks:
+        paint(shapely.union_all(walks), "sidewalk")
+    if streets:
+        paint(shapely.union_all([r.line.buffer(r.width_m / 2) for r in streets]), "road")
+    return lab.reshape(gx.shape)
 
 
 def _column(cx: float, cy: float, heading_deg: float, width: int, px: np.ndarray | float, py):
@@ -340,8 +405,9 @@ def _column(cx: float, cy: float, heading_deg: float, width: int, px: np.ndarray
     return width / 2 + rel * width / (2 * math.pi) - 0.5
 
 
-def _trees(out, depth, index, cx, cy, heading_deg, width, height) -> None:
-    """Tree billboards (trunk and crown) drawn far to near, hidden behind nearer things."""
+def _trees(out, depth, index, cx, cy, heading_deg, width, height, labels=None) -> None:
+    """Tree billboards (trunk and crown) drawn far to near, hidden behind nearer things (and
+    marked ``tree`` in ``labels`` when given)."""
     tr = _scene(index).trees
     if not len(tr):
         return
@@ -383,16 +449,22 @@ def _trees(out, depth, index, cx, cy, heading_deg, width, height) -> None:
         dblock = depth[r0:r1][:, cols]
         dblock[vis] = dist
         depth[r0:r1, cols] = dblock
+        if labels is not None:
+            lblock = labels[r0:r1][:, cols]
+            lblock[vis] = LABEL["tree"]
+            labels[r0:r1, cols] = lblock
 
 
-def _signs(img, index, cx, cy, heading_deg, width, height, b0, t0, depth) -> dict[str, tuple[float, float]]:
+def _signs(img, index, cx, cy, heading_deg, width, height, b0, t0, depth,
+           labels=None) -> dict[str, tuple[float, float]]:
     """Signs carrying POI names, nearest POI first, within ``SIGN_RANGE_M`` of the camera: a
     shop sign on the facade of the POI's building at the POI's bearing, or a sign on a pole at
     the POI itself for a POI without a building (bus and tram stops, city bikes, kiosks,
     artworks), drawn when nothing nearer hides it. A sign that would overlap one already drawn
     moves up a floor (at most ``SIGN_TIERS`` tiers), else it is left out. Returns POI id ->
     (relative bearing, angular half width) in degrees of each sign drawn: the scene facts
-    take the POIs' directions from it."""
+    take the POIs' directions from it. ``labels``, when given, gets the plates (``sign``) and
+    poles (``pole``)."""
     region = index.region
     rows = index.near(index.pois, box(cx - SIGN_RANGE_M, cy - SIGN_RANGE_M, cx + SIGN_RANGE_M, cy + SIGN_RANGE_M))
     drawn: dict[str, tuple[float, float]] = {}
@@ -439,15 +511,24 @@ def _signs(img, index, cx, cy, heading_deg, width, height, b0, t0, depth) -> dic
             for x in (int(round(c)) % width, int(round(c)) % width - width):
                 if foot > top + h:  # far away the plate covers the whole pole
                     draw.rectangle([x - pw // 2, top + h, x - pw // 2 + pw - 1, foot], fill=(70, 72, 76))
+                    _mark(labels, x - pw // 2, x - pw // 2 + pw - 1, top + h, foot, "pole")
         else:
             bg, fg = SIGN_COLOURS[int(raster.unit_hash("sign", p.id) * len(SIGN_COLOURS))]
         for x in (left, left - width):
             draw.rectangle([x, top, x + w - 1, top + h - 1], fill=bg, outline=(30, 30, 30))
             draw.text((x + pad - l, top + pad - tt), name, font=f, fill=fg)
+            _mark(labels, x, x + w - 1, top, top + h - 1, "sign")
         taken += boxes
         centre = (left + w / 2) * 360.0 / width - 180.0  # relative bearing of the sign's centre
         drawn[p.id] = (round((centre + 180.0) % 360.0 - 180.0, 2), round(w / 2 * 360.0 / width, 2))
     return drawn
+
+
+def _mark(labels, x0: int, x1: int, y0: int, y1: int, cls: str) -> None:
+    """Class ``cls`` on the rectangle [x0, x1] × [y0, y1] (inclusive, as PIL draws it) of ``labels``."""
+    if labels is not None and x1 >= 0 and y1 >= 0:  # off the left edge: a seam copy
+        h, w = labels.shape
+        labels[max(y0, 0):min(y1 + 1, h), max(x0, 0):min(x1 + 1, w)] = LABEL[cls]
 
 
 def pole_column(p, cx, cy, heading_deg, width, height, depth) -> tuple[float, float] | None:
@@ -492,16 +573,35 @@ def crop_single_view(panorama: Image.Image, heading_deg: float | None = None, fo
     horizon: square for a 2:1 panorama) and is resized to ``out_size`` (width, height) when given.
     """
     w, h = panorama.size
-    centre = panorama.info.get("heading_deg")
+    rows, cols = _crop_window(w, h, panorama.info.get("heading_deg"), heading_deg, fov_deg)
+    arr = np.asarray(panorama.convert("RGB"))[rows][:, cols]
+    crop = Image.fromarray(np.ascontiguousarray(arr), "RGB")
+    if out_size is not None:
+        crop = crop.resize(tuple(out_size), Image.LANCZOS)
+    return crop
+
+
+def _crop_window(w: int, h: int, centre: float | None, heading_deg: float | None,
+                 fov_deg: float) -> tuple[slice, np.ndarray]:
+    """Rows and columns of a ``w × h`` panorama (centre bearing ``centre``) that the single
+    view towards ``heading_deg`` keeps (see :func:`crop_single_view`)."""
     offset = 0.0 if heading_deg is None or centre is None else \
         ((heading_deg - centre + 180.0) % 360.0) - 180.0
     cw = max(1, round(w * fov_deg / 360.0))
     ch = max(1, min(h, round(h * fov_deg / 180.0)))  # as many degrees tall as wide
     x0 = round(w / 2 + offset / 360.0 * w - cw / 2)
     y0 = (h - ch) // 2
-    cols = np.arange(x0, x0 + cw) % w
-    arr = np.asarray(panorama.convert("RGB"))[y0:y0 + ch][:, cols]
-    crop = Image.fromarray(np.ascontiguousarray(arr), "RGB")
+    return slice(y0, y0 + ch), np.arange(x0, x0 + cw) % w
+
+
+def crop_labels(labels: np.ndarray, centre_deg: float | None = None, heading_deg: float | None = None,
+                fov_deg: float = 90.0, out_size: tuple[int, int] | None = None) -> np.ndarray:
+    """The label map of the single view that :func:`crop_single_view` cuts from the panorama
+    whose label map is ``labels`` and whose centre faces ``centre_deg`` (nearest-neighbour
+    resize to ``out_size`` = (width, height) when given)."""
+    h, w = labels.shape
+    rows, cols = _crop_window(w, h, centre_deg, heading_deg, fov_deg)
+    crop = np.ascontiguousarray(labels[rows][:, cols])
     if out_size is not None:
-        crop = crop.resize(tuple(out_size), Image.LANCZOS)
+        crop = np.asarray(Image.fromarray(crop).resize(tuple(out_size), Image.NEAREST))
     return crop
