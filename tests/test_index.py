@@ -13,7 +13,7 @@ import pytest
 
 from geotextloc.errors import ConfigError, DataError, GeotextlocError
 from geotextloc.eval.index import GalleryIndex, encode_texts, hashing_bow
-from geotextloc.eval.metrics import haversine_km
+from geotextloc.eval.spatial import haversine_km
 
 RNG = np.random.default_rng(1234)
 

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from geotextloc.data.release import PANORAMA, parse_name
 from geotextloc.errors import ConfigError, DataError
 from geotextloc.eval import evaluate, evaluate_embeddings
-from geotextloc.eval.metrics import METRIC_KEYS, haversine_km
+from geotextloc.eval.metrics import METRIC_KEYS
+from geotextloc.eval.spatial import haversine_km
 
 KM_PER_DEGREE = 6371.0 * math.pi / 180  # arc length of one degree on the R = 6371 km sphere
 

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geotextloc.errors import ConfigError, DataError
-from geotextloc.eval.metrics import haversine_km, nearest_in_scope
+from geotextloc.eval.metrics import nearest_in_scope
+from geotextloc.eval.spatial import haversine_km
 from geotextloc.eval.spatial import SpatialIndex, spatial_order
 
 

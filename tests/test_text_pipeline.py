@@ -23,7 +23,8 @@ from geotextloc.data.embedded import raster
 from geotextloc.data.embedded.render_street import LABEL_CLASSES, crop_labels, crop_single_view, render_panorama
 from geotextloc.errors import DataError, OfflineError
 from geotextloc.lmm import BudgetExhausted, ChatClient
-from geotextloc.text import chain, ocr, pipeline, qc, segment, stats
+from geotextloc.data import text_pipeline as pipeline
+from geotextloc.text import chain, ocr, qc, segment, stats
 from geotextloc.text.describe import clip_token_count
 from geotextloc.text.offline_writer import write_offline
 

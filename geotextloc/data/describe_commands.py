@@ -1,6 +1,6 @@
 """``geotextloc data describe RELEASE --out DIR``: the CVG-Text text pipeline over a release.
 
-OCR -> segmentation -> chain prompting -> quality control (:mod:`geotextloc.text.pipeline`)
+OCR -> segmentation -> chain prompting -> quality control (:mod:`geotextloc.data.text_pipeline`)
 for the street views of the release's versions, into a release-layout copy ``DIR`` (new texts,
 image folders linked), resumable, then the text statistics against the old texts and the paper.
 ``--import-review FILE`` reads a filled-in human-review sample back (texts failed there are
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from geotextloc.text import pipeline
+from geotextloc.data import text_pipeline as pipeline
 
 
 def register(data_subparsers) -> None:

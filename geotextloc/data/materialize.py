@@ -63,7 +63,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from geotextloc import __version__
 from geotextloc.data.fetch import FetchError, Fetcher, Politeness, Redactor, check_user_agent, image_problem
 from geotextloc.data.release import (PANORAMA, SPLITS, Record, ReleaseLayout, discover_versions, read_release,
                                      version_parts)
@@ -86,7 +85,19 @@ ATTRIBUTION = {
 }
 OSM_TILE_POLICY = "https://operations.osmfoundation.org/policies/tiles/"
 PUBLIC_OSM_HOSTS = ("tile.openstreetmap.org", "tile.osm.org", "tile.openstreetmap.de", "tile.openstreetmap.fr")
-DEFAULT_USER_AGENT = f"geotextloc/{__version__} (CVG-Text imagery materializer; add your contact with --user-agent)"
+
+
+def _version() -> str:
+    """The installed geotextloc's version (from its metadata: no import of the package's face)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("geotextloc")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+DEFAULT_USER_AGENT = f"geotextloc/{_version()} (CVG-Text imagery materializer; add your contact with --user-agent)"
 MANIFEST = "geotextloc-materialize.jsonl"
 TILE_CACHE = ".geotextloc-tiles"
 PLACEHOLDERS = ("z", "x", "y", "quadkey", "TileMatrix", "TileRow", "TileCol", "s", "key")

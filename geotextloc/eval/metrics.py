@@ -22,8 +22,10 @@ Reported in percent (Deviation: mean dev_i in km) for ``overall``, ``panorama`` 
 ``single_view`` queries with their ``Count``; a group without queries gives NaN, Count 0.
 A query whose name is not in the gallery is an error (DataError), not a miss.
 
-Two entry points, one rule: :func:`evaluate` reads a given (queries x gallery) similarity
-array; :func:`evaluate_embeddings` scores only the candidates, s_ij = <q_i, g_j> (the given
+Three entry points, one rule: :func:`evaluate` reads a given (queries x gallery) similarity
+array; :func:`evaluate_ranking` lets a caller order each query's candidates (step 2) itself, for
+models that score (query, candidate) pairs jointly (:mod:`geotextloc.eval.pairs`: ViLT, BLIP's
+re-ranking); :func:`evaluate_embeddings` scores only the candidates, s_ij = <q_i, g_j> (the given
 embeddings' dot products, in their dtype, at least float32), so nothing of size queries x
 gallery is ever held. The candidates come from a KD-tree on the unit sphere
 (:class:`geotextloc.eval.spatial.SpatialIndex`), decided by the haversine above, so they equal
@@ -46,9 +48,9 @@ import pandas as pd
 
 from geotextloc.data.release import PANORAMA, SINGLE, parse_name
 from geotextloc.errors import ConfigError, DataError
+from geotextloc.eval.spatial import SpatialIndex, half_angles, haversine_from_half_angles, spatial_order
 from geotextloc.files import atomic_path
 
-EARTH_RADIUS_KM = 6371.0
 RECALL_AT = (1, 5, 10)
 LOCALIZATION_KM = {"L@50": 0.05, "L@100": 0.10, "L@150": 0.15}
 METRIC_KEYS = ("R@1", "R@5", "R@10", "L@50", "L@100", "L@150", "Deviation", "Count")
@@ -57,42 +59,6 @@ TOP_SHOWN = 5
 PAIRS_PER_CHUNK = 1 << 22  # query x gallery distances held at once (~32 MB of float64)
 CANDIDATES_PER_CHUNK = 1 << 14  # query x candidate pairs held at once
 SCORED_TOGETHER = 32  # nearby queries scored by one product with the union of their candidates
-
-
-def half_angles(lat, lon) -> tuple[np.ndarray, ...]:
-    """Per-point terms of the haversine: sin/cos of phi/2 and lam/2, and cos(phi) (degrees in)."""
-    phi = np.radians(np.asarray(lat, dtype=np.float64))
-    lam = np.radians(np.asarray(lon, dtype=np.float64))
-    return np.sin(phi / 2), np.cos(phi / 2), np.sin(lam / 2), np.cos(lam / 2), np.cos(phi)
-
-
-def haversine_from_half_angles(p: tuple[np.ndarray, ...], q: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Haversine distance (km) between points prepared by :func:`half_angles` (broadcasting).
-
-    sin(dphi/2) = sin(phi_q/2) cos(phi_p/2) - cos(phi_q/2) sin(phi_p/2) (same for lam), so the
-    per-pair work is products only (no trigonometry); identical points give exactly 0, and the
-    rounding error of the difference is about 1e-12 km.
-    """
-    sp, cp, sl, cl, cos_p = p
-    sq, cq, sm, cm, cos_q = q
-    a = np.asarray(sq * cp)  # 0-d array for scalar inputs, so the in-place steps work
-    a -= cq * sp
-    a *= a
-    b = sm * cl
-    b -= cm * sl
-    b *= b
-    b *= cos_p * cos_q
-    a += b
-    np.clip(a, 0.0, 1.0, out=a)
-    np.sqrt(a, out=a)
-    np.arcsin(a, out=a)
-    a *= 2.0 * EARTH_RADIUS_KM
-    return a
-
-
-def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Great-circle distance in km between points given in degrees (numpy broadcasting)."""
-    return haversine_from_half_angles(half_angles(lat1, lon1), half_angles(lat2, lon2))
 
 
 def nearest_in_scope(distance: np.ndarray, m: int) -> np.ndarray:
@@ -265,14 +231,20 @@ def _ranked(names: _Names, scope: int | None, chunk: int, scores: Scores) -> Ite
             dist = haversine_from_half_angles(tuple(t[rows, None] for t in names.q_trig), names.g_trig)
             yield rows, scoped_ranking(scores(rows, None), dist, None)
         return
-    from geotextloc.eval.spatial import SpatialIndex, spatial_order  # here: spatial uses this module's haversine
+    for rows, candidates in _in_scope(names, scope, chunk):
+        yield rows, rank_by_score(candidates, scores(rows, candidates))
+
+
+def _in_scope(names: _Names, scope: int, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Step 1 per chunk of nearby queries: (rows, their ``scope`` nearest gallery indices,
+    nearest first, ties in gallery order)."""
 
     spatial = SpatialIndex(names.g_lat, names.g_lon)
     order = spatial_order(names.q_lat, names.q_lon)
-    for start in range(0, n_q, chunk):
+    for start in range(0, len(names.queries), chunk):
         rows = order[start : start + chunk]
         candidates, _ = spatial.nearest(names.q_lat[rows], names.q_lon[rows], scope)
-        yield rows, rank_by_score(candidates, scores(rows, candidates))
+        yield rows, candidates
 
 
 def _report(names: _Names, ranked: Iterator[tuple[Rows, np.ndarray]], scope: int | None,
@@ -393,3 +365,46 @@ def evaluate_embeddings(
 
     chunk = chunk_size or _chunk(len(gallery), scope)
     return _report(names, _ranked(names, scope, chunk, scores), scope, texts)
+
+
+Ranking = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def evaluate_ranking(
+    rank: Ranking,
+    queries: Sequence[str],
+    gallery: Sequence[str],
+    scope: int | None = 100,
+    texts: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+) -> ProtocolReport:
+    """Run the CVG-Text protocol (module docstring) with step 2 done by the caller.
+
+    ``rank(rows, candidates)`` gets query positions ``rows`` (n,) and their candidates (n, M) as
+    gallery indices, nearest first with ties in gallery order (``scope=None``: the whole gallery
+    in that order), and returns the same candidates best first (a permutation of each row). To
+    rank by scores with the protocol's tie rule, return ``rank_by_score(candidates, scores)``.
+    Steps 3-4 and the report are :func:`evaluate`'s.
+    """
+    queries, gallery = list(queries), list(gallery)
+    names = _names(queries, gallery, scope, texts)
+    chunk = chunk_size or _chunk(len(gallery), scope)
+
+    def whole_gallery() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(queries), chunk):
+            rows = np.arange(start, min(start + chunk, len(queries)))
+            dist = haversine_from_half_angles(tuple(t[rows, None] for t in names.q_trig), names.g_trig)
+            yield rows, np.argsort(dist, axis=1, kind="stable")
+
+    def ranked() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if not queries:
+            return
+        for rows, candidates in whole_gallery() if scope is None else _in_scope(names, scope, chunk):
+            best_first = np.asarray(rank(rows, candidates))
+            if best_first.shape != candidates.shape or not (np.sort(best_first, axis=1)
+                                                            == np.sort(candidates, axis=1)).all():
+                raise DataError(f"the ranking of {len(rows)} queries is not a reordering of their candidates "
+                                f"(shape {best_first.shape}, expected {candidates.shape})")
+            yield rows, best_first
+
+    return _report(names, ranked(), scope, texts)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from geotextloc.data.release import parse_name
-from geotextloc.eval import metrics
+from geotextloc.eval import metrics, spatial
 from geotextloc.explain.schema import Explanation
 
 TOP_K = 5
@@ -73,12 +73,12 @@ def top_candidates(similarity: Any, queries: Sequence[str], gallery: Sequence[st
     sim = _numpy(similarity)
     g = [parse_name(n) for n in gallery]
     q = [parse_name(n) for n in queries]
-    g_trig = metrics.half_angles([x.lat for x in g], [x.lon for x in g])
-    q_trig = [t[:, None] for t in metrics.half_angles([x.lat for x in q], [x.lon for x in q])]
+    g_trig = spatial.half_angles([x.lat for x in g], [x.lon for x in g])
+    q_trig = [t[:, None] for t in spatial.half_angles([x.lat for x in q], [x.lon for x in q])]
     out = []
     for start in range(0, len(queries), chunk):
         rows = slice(start, start + chunk)
-        dist = metrics.haversine_from_half_angles(tuple(t[rows] for t in q_trig), g_trig)
+        dist = spatial.haversine_from_half_angles(tuple(t[rows] for t in q_trig), g_trig)
         out.append(metrics.scoped_ranking(sim[rows], dist, scope)[:, :k])
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 

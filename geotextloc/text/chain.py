@@ -6,7 +6,7 @@ right). :data:`STEPS` is that order; a writer returns a :class:`ChainResult` wit
 per step, and the description is the three parts joined in order.
 
 Two writers follow the chain from the same *extracted facts*
-(:func:`geotextloc.text.pipeline.extract`: OCR hits with positions, the segmentation's classes
+(:func:`geotextloc.data.text_pipeline.extract`: OCR hits with positions, the segmentation's classes
 and positions, the record's coordinates and heading):
 
 - :class:`OpenAIWriter`: an OpenAI-compatible LMM through :class:`geotextloc.lmm.ChatClient`

@@ -1,7 +1,7 @@
 """The offline writer: the CVG-Text chain (road features -> building landmarks -> overall
 environment, simple directions) written without an LMM, from the extracted facts only.
 
-What it may say comes from :func:`geotextloc.text.pipeline.extract`, never from map data
+What it may say comes from :func:`geotextloc.data.text_pipeline.extract`, never from map data
 the street view does not show:
 
 - OCR hits (kept ones): the text as read, its direction, its plate's colour, whether it hangs

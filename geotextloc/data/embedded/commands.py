@@ -171,7 +171,7 @@ def contact_sheets_command(args) -> int:
 
 
 def compare_osm_renderers_command(args) -> int:
-    from geotextloc.data.embedded.contact_sheet import compare_osm_renderers
+    from geotextloc.data.embedded.compare_renderers import compare_osm_renderers
     from geotextloc.errors import ConfigError
 
     if args.places < 1:
