@@ -6,6 +6,7 @@
     query = geotextloc.embed(model, texts=["a bus stop on my right ..."])
     report = geotextloc.evaluate(model, records)                             # the CVG-Text protocol
     hits = geotextloc.search("index/", "a pharmacy across the road", k=5)    # a saved gallery index
+    hits = geotextloc.search("index/", "a pharmacy ...", image="street.jpg")  # fused (a fusion run's index)
 
 Everything here is a thin layer over :mod:`geotextloc.models.factory`,
 :mod:`geotextloc.eval.embed` and :mod:`geotextloc.eval.index`.
@@ -64,20 +65,24 @@ def embed(model: Model, texts: Sequence[str] | None = None, images: Sequence[str
 
 def evaluate(model: Model, records: Sequence, scope: int | None = 100, view: str | None = None,
              progress: bool = False):
-    """The CVG-Text protocol's report of ``model`` on ``records`` (their texts as queries, their
-    ``view`` tiles, one per place, as the gallery)."""
+    """The CVG-Text protocol's report of ``model`` on ``records`` (their texts as queries, or their
+    street views, or both fused, as the run was trained; their ``view`` tiles, one per place, as
+    the gallery)."""
     from geotextloc.eval.embed import evaluate_model
 
     return evaluate_model(model.module, records, view or model.view, model.preprocess, model.tokenizer,
-                          scope=scope, progress=progress)
+                          scope=scope, progress=progress, query=(model.config or {}).get("query", "text"))
 
 
-def search(index: str | Path, text: str | Sequence[str], k: int = 5, near: tuple[float, float] | None = None,
-           scope: int = 100, radius_km: float | None = None):
-    """Top-``k`` tiles of a saved gallery index for one description (or several); ``near``
-    (lat, lon): rank only the ``scope`` tiles nearest to it, or with ``radius_km`` every tile
-    within that many km."""
+def search(index: str | Path, text: str | Sequence[str] | None = None, k: int = 5,
+           near: tuple[float, float] | None = None, scope: int = 100, radius_km: float | None = None,
+           image: str | Path | Sequence[str | Path] | None = None):
+    """Top-``k`` tiles of a saved gallery index for one description (or several), one street-view
+    image file (or several), or both (one text and one image per query, fused: an index built
+    from a fusion run); ``near`` (lat, lon): rank only the ``scope`` tiles nearest to it, or with
+    ``radius_km`` every tile within that many km."""
     from geotextloc.eval.index import GalleryIndex
 
-    texts = [text] if isinstance(text, str) else list(text)
-    return GalleryIndex.load(index).search_text(texts, k=k, near=near, scope=scope, radius_km=radius_km)
+    texts = [text] if isinstance(text, str) else None if text is None else list(text)
+    images = [image] if isinstance(image, (str, Path)) else None if image is None else list(image)
+    return GalleryIndex.load(index).search_query(texts, images, k=k, near=near, scope=scope, radius_km=radius_km)

@@ -1,7 +1,7 @@
 """A synthetic CVG-Text release for training tests: tiny PNG tiles whose colours the text names.
 
 Written in the real release layout (``CVG-text/<version>/{train,test}.json``,
-``<version>-satellite/``, ``<version>-OSM/``), so the release reader can read it back.
+``<version>-satellite/``, ``<version>-OSM/``, ``<version>-street/``), so the release reader can read it back.
 Not a fixture module on purpose: ``tests/ddp_worker.py`` (run by torchrun) imports it too.
 """
 
@@ -19,15 +19,18 @@ COLOURS = {
     "red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 200), "yellow": (220, 200, 40),
     "white": (235, 235, 235), "black": (20, 20, 20), "grey": (128, 128, 128), "orange": (230, 130, 30),
 }
-FOLDERS = {"satellite": "{version}-satellite", "osm": "{version}-OSM"}
+FOLDERS = {"satellite": "{version}-satellite", "osm": "{version}-OSM", "street": "{version}-street"}
 
 
 def make_release(root: str | Path, n_train: int, n_test: int, version: str = "Synth",
-                 size: int = 32) -> tuple[list[Record], list[Record]]:
+                 size: int = 32, spacing: float = 0.0004) -> tuple[list[Record], list[Record]]:
     """Write a release with ``n_train`` + ``n_test`` places under ``root``; return their records.
 
-    Each place has a satellite and an OSM tile (left/right colour halves; OSM inverted) and a
-    description naming those colours; every other name is a panorama's.
+    Each place has a satellite and an OSM tile (left/right colour halves; OSM inverted), a street
+    view with the same colours (a 2:1 panorama, or a square single view: every other name is a
+    panorama's) and a description naming those colours. Places lie on a grid of ``spacing``
+    degrees (0.0004: about 44 m north-south, 22 m east-west; 0.0015 keeps every place farther
+    than a tile from the others, so a validation split drops no training place).
     """
     root = Path(root)
     rng = np.random.default_rng(0)
@@ -37,7 +40,7 @@ def make_release(root: str | Path, n_train: int, n_test: int, version: str = "Sy
         records = []
         for i in range(n):
             k = len(split_records.get("train", [])) + i
-            lat, lon = 60.17 + 0.0004 * (k % 20), 24.94 + 0.0004 * (k // 20)
+            lat, lon = 60.17 + spacing * (k % 20), 24.94 + spacing * (k // 20)
             extra = "_2022-08_pano" if i % 2 else ""
             name = f"{lat:.6f},{lon:.6f}{extra}_{split}{i:05d}.png"
             left, right = rng.choice(len(colours), 2, replace=False)
@@ -45,10 +48,12 @@ def make_release(root: str | Path, n_train: int, n_test: int, version: str = "Sy
             image[:, : size // 2] = COLOURS[colours[left]]
             image[:, size // 2 :] = COLOURS[colours[right]]
             paths = {}
+            street = np.repeat(image, 2, axis=1) if extra else image  # panorama: 2:1
             for kind, folder in FOLDERS.items():
                 paths[kind] = root / folder.format(version=version) / name
                 paths[kind].parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(image if kind == "satellite" else 255 - image).save(paths[kind])
+                pixels = {"satellite": image, "osm": 255 - image, "street": street}[kind]
+                Image.fromarray(pixels).save(paths[kind])
             text = (f"On the left side of the road there is a {colours[left]} building, and on the "
                     f"right a {colours[right]} one. ") * 4
             info = parse_name(name)

@@ -69,7 +69,8 @@ def test_best_checkpoint_prefers_the_interpolate_run_of_this_view_and_data(run, 
     runs = tmp_path / "runs"
     for name, changes in {"trunc": {"epe": "truncate"}, "interp": {"epe": "interpolate"},
                           "other-view": {"epe": "interpolate", "view": "osm"},
-                          "erm_quick": {"epe": "interpolate"}}.items():
+                          "erm_quick": {"epe": "interpolate"},
+                          "street-queries": {"epe": "interpolate", "query": "street"}}.items():  # newest: not text
         (runs / name).mkdir(parents=True)
         save_checkpoint({**obj, "config": {**obj["config"], **changes}}, runs / name / "best.pt")
     assert checkpoint_config(runs / "interp" / "best.pt")["epe"] == "interpolate"

@@ -199,10 +199,10 @@ def test_dry_run_lists_the_folder_sends_nothing_and_leaves_google_imagery_out(hu
     assert code == 0, err
     assert hub.requests == []
     assert "dry run: would publish 3 file(s)" in out and "to upload  data/Synth/train-00000-of-00001.parquet" in out
-    # a release's satellite tiles (Google imagery in the public release) are left out by default
-    assert "left out: satellite (Google imagery" in out
+    # a release's satellite tiles and street views (Google imagery in the public release) are left out by default
+    assert "left out: satellite, street (Google imagery" in out
     table = pq.read_table(tmp_path / "hub-folder/data/Synth/train-00000-of-00001.parquet")
-    assert "osm" in table.column_names and "satellite" not in table.column_names
+    assert "osm" in table.column_names and "satellite" not in table.column_names and "street" not in table.column_names
     names = [f["name"] for f in front_matter((tmp_path / "hub-folder/README.md").read_bytes())["dataset_info"]["features"]]
     assert "satellite" not in names and "osm" in names
 

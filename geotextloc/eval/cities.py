@@ -64,13 +64,14 @@ def per_city(test: Sequence, report_for, scope: int | None = 100,
 
 
 def evaluate_records(model, preprocess, tokenizer, test: Sequence, view: str, scope: int = 100,
-                     batch_size: int = 64, csv_dir: str | Path | None = None) -> dict[str, dict]:
-    """:func:`per_city` with ``model``'s similarities (text queries -> ``view`` tiles)."""
+                     batch_size: int = 64, csv_dir: str | Path | None = None, query: str = "text") -> dict[str, dict]:
+    """:func:`per_city` with ``model``'s similarities (``query`` queries: text, street or fusion
+    -> ``view`` tiles)."""
     from geotextloc.eval.embed import evaluate_model
 
     def report_for(records):
         return evaluate_model(model, records, view, preprocess, tokenizer, scope=scope,
-                              batch_size=batch_size, progress=False)
+                              batch_size=batch_size, progress=False, query=query)
 
     return per_city(test, report_for, scope, csv_dir, view)
 
@@ -83,15 +84,19 @@ def evaluate_run(run_dir: str | Path, test: Sequence, view: str, batch_size: int
 
     run_dir = Path(run_dir)
     checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-    model, _, preprocess, tokenizer, _ = from_checkpoint(str(checkpoint), device=device)
+    model, _, preprocess, tokenizer, config = from_checkpoint(str(checkpoint), device=device)
     results = evaluate_records(model, preprocess, tokenizer, test, view, batch_size=batch_size,
-                               csv_dir=run_dir / "eval" if csv_dir is None else csv_dir)
+                               csv_dir=run_dir / "eval" if csv_dir is None else csv_dir,
+                               query=(config or {}).get("query", "text"))
     return {"checkpoint": checkpoint.name, "results": results}
 
 
 def evaluate_zero_shot(name: str, pretrained: str, test: Sequence, view: str, device: str = "cpu",
                        batch_size: int = 64) -> dict[str, dict]:
-    """An open_clip model with its released weights, not fine-tuned, at its own 77 positions.
+    """A model with its released weights, not fine-tuned, at its own text positions: an open_clip
+    model (``ViT-L-14-336``/``openai``, 77 positions) or a BLIP or ViLT retrieval model from the Hub
+    (``Salesforce/blip-itm-base-coco``/``hub``: ITM re-ranks the top 16 of the scope;
+    ``dandelin/vilt-b32-finetuned-coco``/``hub``: every pair of the scope scored).
 
     Raises :class:`~geotextloc.errors.OfflineError` (one line) when the weights cannot be had.
     """

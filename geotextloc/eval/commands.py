@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from geotextloc.errors import ConfigError
+from geotextloc.errors import ConfigError, DataError
 
 
 def lat_lon(value: str) -> tuple[float, float]:
@@ -23,12 +23,16 @@ def lat_lon(value: str) -> tuple[float, float]:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "search",
-        help="find the gallery tiles that best match a description",
-        description="Search a saved gallery index with a text description. With --near, only the "
-        "--scope tiles nearest to that point are ranked (the evaluation protocol's rule), or with "
-        "--radius every tile within that distance. Write a negative latitude as --near=-27.47,153.02.",
+        help="find the gallery tiles that best match a description, a street view, or both",
+        description="Search a saved gallery index with a text description, a street-view image (--image), or "
+        "both (one fused query; the index must be built from a run trained for such queries: query: street "
+        "or fusion). With --near, only the --scope tiles nearest to that point are ranked (the evaluation "
+        "protocol's rule), or with --radius every tile within that distance. Write a negative latitude as "
+        "--near=-27.47,153.02.",
     )
-    parser.add_argument("text", help="the description to search for")
+    parser.add_argument("text", nargs="?", help="the description to search for")
+    parser.add_argument("--image", type=Path, metavar="PATH",
+                        help="a street view (panorama or single photo) of the place, alone or beside the text")
     parser.add_argument("--index", required=True, type=Path, metavar="DIR", help="a saved GalleryIndex folder")
     parser.add_argument("--k", type=int, default=5, help="number of matches to print (default 5)")
     parser.add_argument("--near", type=lat_lon, metavar="LAT,LON", help="rank only tiles near this point")
@@ -81,6 +85,10 @@ def register(subparsers) -> None:
     build.set_defaults(func=run_index)
 
 
+QUERY_USAGE = {"text": '"a description"', "street": "--image street.jpg",
+               "fusion": '"a description" (and/or --image street.jpg)'}  # what a run's index answers
+
+
 def run_index(args: argparse.Namespace) -> int:
     """Gallery = one tile per name of the chosen splits; queries are later embedded with the
     same checkpoint (the index's ``open_clip`` encoder spec)."""
@@ -93,7 +101,8 @@ def run_index(args: argparse.Namespace) -> int:
     splits = args.split or ["train", "test"]
     records = {r.name: r for r in reversed(read_release(args.data, versions=[args.version], splits=splits).records)}
     tiles = sorted(records.values(), key=lambda r: r.name)
-    model, _, preprocess, _, _ = from_checkpoint(args.checkpoint, name=args.model, device=args.device, view=args.view)
+    model, _, preprocess, _, config = from_checkpoint(args.checkpoint, name=args.model, device=args.device,
+                                                      view=args.view)
     model.eval()
     features = embed_images(model, image_paths(tiles, args.view), preprocess)
     meta = [{"name": r.name, "lat": r.lat, "lon": r.lon, "version": r.version, "split": r.split} for r in tiles]
@@ -108,7 +117,7 @@ def run_index(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {len(tiles)} {args.view} tiles of {args.version} ({', '.join(splits)}); "
           f"{index.kind} index ({params or 'exact'}), compress {index.compress}, {stored:,.0f} bytes a tile; "
           f"recall@10 {index.recall_at_10:.3f} against exact search on {index.recall_sample} held-out queries; "
-          f'search it with: geotextloc search --index {args.out} "a description"')
+          f"search it with: geotextloc search --index {args.out} {QUERY_USAGE[(config or {}).get('query', 'text')]}")
     return 0
 
 
@@ -125,9 +134,19 @@ def run_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"--radius must be a positive number of kilometres, got {args.radius}")
     if args.k < 1 or (args.scope is not None and args.scope < 1):
         raise ConfigError("--k and --scope must be positive integers")
+    if args.text is None and args.image is None:
+        raise ConfigError('give a description, --image PATH, or both, e.g. geotextloc search --index DIR "a bus stop"')
+    if args.image is not None:
+        from geotextloc.data.images import load_image
+
+        if not args.image.is_file():
+            raise DataError(f"--image {args.image}: no such file; give the path of a street-view image")
+        load_image(args.image)  # not an image: one line now, before the model loads
     index = GalleryIndex.load(args.index)
     scope = args.scope if args.scope is not None else 100
-    result = index.search_text([args.text], k=args.k, near=args.near, scope=scope, radius_km=args.radius)
+    result = index.search_query(texts=None if args.text is None else [args.text],
+                                images=None if args.image is None else [args.image],
+                                k=args.k, near=args.near, scope=scope, radius_km=args.radius)
     if not any(result.names[0]):
         print(f"no tile within {args.radius:g} km of {args.near[0]},{args.near[1]}")
         return 0

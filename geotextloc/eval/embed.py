@@ -8,9 +8,14 @@ output are computed once, keyed by a fingerprint of the weights that made them (
 stem or text tower gets its own entries). The result equals the model's own forward (the stem
 maps are kept in float16).
 
-similarity[i, j] = cos(text_i, tile_j) = g_i . f_j; the protocol (geo-scoped ranking, R@k,
+Queries are texts, street views or both fused (:func:`embed_queries`, for the models of
+:mod:`geotextloc.models.query`).
+
+similarity[i, j] = cos(query_i, tile_j) = g_i . f_j; the protocol (geo-scoped ranking, R@k,
 L@m, deviation) is :func:`geotextloc.eval.evaluate_embeddings`, which scores each query's
 candidates only (no queries x gallery matrix).
+Models that score (text, tile) pairs jointly (ViLT; BLIP's ITM re-ranking) are evaluated by
+:mod:`geotextloc.eval.pairs` instead, within the same scope.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from tqdm.auto import tqdm
 
 from geotextloc.data.images import Images, image_batches, image_paths, one_per_name
 from geotextloc.eval.metrics import ProtocolReport, evaluate_embeddings
+from geotextloc.eval.pairs import evaluate_matching
 from geotextloc.models import stages
-from geotextloc.views import GEOBRIDGE_VIEWS, TEXT
+from geotextloc.errors import ConfigError
+from geotextloc.views import GEOBRIDGE_VIEWS, STREET, TEXT
 
 MEMO_STEM_STAGES = 5  # the stages the tiny profiles lock (train_last_k: 2 of 7)
 MEMO_LIMIT = 200_000  # entries; the memo is cleared beyond this
@@ -99,6 +106,9 @@ def embed_visual(visual, paths: Sequence[Path], transform, batch_size: int = 64,
 def embed_images(model, paths: Sequence[Path], transform, batch_size: int = 64, num_workers: int = 0,
                  progress: bool = True) -> torch.Tensor:
     """(N, D) image features of a CLIP-style ``model`` (``model.visual``)."""
+    if getattr(model, "single_stream", False):
+        raise ConfigError(f"{type(model).__name__} scores (text, tile) pairs and has no tile embeddings to index "
+                          "or search; evaluate it with geotextloc evaluate (every pair of the scope is scored)")
     return embed_visual(model.visual, paths, transform, batch_size, num_workers, progress)
 
 
@@ -150,20 +160,56 @@ def embed_records(bridge, records: Sequence, transforms, tokenizer, kinds: Seque
     return out
 
 
+@torch.no_grad()
+def embed_queries(model, records: Sequence, query: str, tokenizer, batch_size: int = 64, num_workers: int = 0,
+                  progress: bool = True) -> torch.Tensor:
+    """(N, D) query embeddings of ``records``: their texts (``query="text"``), their street views
+    through ``model.street`` (``street``), or both fused by ``model.fuse`` (``fusion``; a
+    :class:`~geotextloc.models.query.QueryModel`)."""
+    if query == TEXT:
+        return embed_texts(model, [r.text for r in records], tokenizer, batch_size, progress)
+    from geotextloc.models.query import street_transform
+
+    if getattr(model, "street", None) is None or (query == "fusion" and getattr(model, "fuse", None) is None):
+        raise ConfigError(f"{query} queries need a model trained for them (query: {query}); this one embeds texts")
+    street = embed_visual(model.street, image_paths(records, STREET), street_transform(model.street), batch_size,
+                          num_workers, progress)
+    if query == STREET:
+        return street
+    text = embed_texts(model, [r.text for r in records], tokenizer, batch_size, progress)
+    device = next(model.parameters()).device
+    return model.fuse(text.to(device), street.to(device)).float().cpu()
+
+
 def evaluate_model(
     model, records: Sequence, view: str, transform, tokenizer,
     scope: int | None = 100, batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+    query: str = TEXT,
 ) -> ProtocolReport:
-    """The protocol's report for ``records`` (queries: their texts; gallery: their ``view``
-    tiles, one per place name)."""
+    """The protocol's report for ``records`` (queries: their texts, street views or both fused, as
+    ``query`` says (:func:`embed_queries`); gallery: their ``view`` tiles, one per place name).
+
+    A model that scores (text, tile) pairs jointly is evaluated on text queries within the same
+    scope by :func:`geotextloc.eval.pairs.evaluate_matching`: ViLT (``model.single_stream``) scores
+    every candidate; BLIP (``model.rerank_k > 0``) is ranked by these embeddings, then its ITM
+    head re-ranks the first ``rerank_k`` of each query's scope.
+    """
+    single, rerank = getattr(model, "single_stream", False), int(getattr(model, "rerank_k", 0) or 0)
+    if (single or rerank) and query != TEXT:
+        raise ConfigError(f"query={query!r}: {type(model).__name__} scores (text, tile) pairs; use query: text")
+    if single:
+        return evaluate_matching(model, records, view, transform, tokenizer, scope=scope, batch_size=batch_size,
+                                 progress=progress)
     gallery = one_per_name(records)
     was_training = model.training
     model.eval()
     try:
         tiles = embed_images(model, image_paths(gallery, view), transform, batch_size, num_workers, progress)
-        texts = [r.text for r in records]
-        queries = embed_texts(model, texts, tokenizer, batch_size, progress)
+        queries = embed_queries(model, records, query, tokenizer, batch_size, num_workers, progress)
     finally:
         model.train(was_training)
+    if rerank:
+        return evaluate_matching(model, records, view, transform, tokenizer, scope=scope, batch_size=batch_size,
+                                 progress=progress, first_stage=(queries.numpy(), tiles.numpy()), k=rerank)
     return evaluate_embeddings(queries, tiles, [r.name for r in records], [r.name for r in gallery],
-                               scope=scope, texts=texts)
+                               scope=scope, texts=[r.text for r in records])

@@ -44,10 +44,12 @@ within that distance, found by a :class:`~geotextloc.eval.spatial.SpatialIndex` 
 on the first such search) rather than by distances to the whole gallery; they are ranked by s_j
 descending (ties: nearer, then gallery order), with exact dot products whatever the kind.
 
-Query texts are embedded with the index's ``encoder`` spec, written by whoever builds the
-index: ``{"kind": "hashing-bow", "dim": 4096, "ngram": 1}`` (built in, below) or
+Queries are embedded with the index's ``encoder`` spec, written by whoever builds the
+index: ``{"kind": "hashing-bow", "dim": 4096, "ngram": 1}`` (built in, below; texts only) or
 ``{"kind": "open_clip", "checkpoint": PATH}`` (+ optional ``model``, ``context_length``; through
-``geotextloc.models.factory.from_checkpoint``).
+``geotextloc.models.factory.from_checkpoint``). An ``open_clip`` checkpoint embeds what its run
+was trained for (its config's ``query``): texts (``text``), street-view images (``street``), or
+texts, images and a text with its image fused (``fusion``; :mod:`geotextloc.models.query`).
 
 On disk, a folder (written to a temporary sibling, then renamed into place)::
 
@@ -133,8 +135,14 @@ def hashing_bow(texts: Sequence[str], dim: int = 4096, ngram: int = 1) -> np.nda
     return l2_normalise(out)
 
 
-def _open_clip_texts(spec: Mapping[str, Any], texts: Sequence[str]) -> np.ndarray:
-    """Text embeddings from a checkpoint via ``geotextloc.models.factory.from_checkpoint``.
+QUERY_KINDS = {"text": ("text", "fusion"), "street": ("street", "fusion"), "fusion": ("fusion",)}  # asked -> runs
+
+
+def _open_clip_queries(spec: Mapping[str, Any], texts: Sequence[str] | None,
+                       images: Sequence[str | Path] | None) -> np.ndarray:
+    """Query embeddings from a checkpoint via ``geotextloc.models.factory.from_checkpoint``:
+    texts through its text tower, street images through its street tower (a run with
+    ``query: street | fusion``), a text and an image each through its fusion head (``query: fusion``).
 
     ``spec``: ``checkpoint`` (a .pt file), optional ``model`` (open_clip name, for a bare state
     dict) and ``context_length``; our training checkpoints carry their own config.
@@ -143,6 +151,7 @@ def _open_clip_texts(spec: Mapping[str, Any], texts: Sequence[str]) -> np.ndarra
         raise ConfigError(f"encoder spec {dict(spec)} needs a 'checkpoint' file for kind 'open_clip'")
     try:
         from geotextloc.models import factory
+        from geotextloc.models.query import query_kind, street_transform
     except ImportError as err:
         raise GeotextlocError(
             f"encoder 'open_clip' needs geotextloc.models.factory, which cannot be imported ({err}); "
@@ -150,26 +159,61 @@ def _open_clip_texts(spec: Mapping[str, Any], texts: Sequence[str]) -> np.ndarra
         ) from None
     import torch
 
-    model, _, _, tokenizer, _ = factory.from_checkpoint(
+    from geotextloc.data.images import load_image
+
+    asked = "fusion" if texts and images else "street" if images else "text"
+    model, _, _, tokenizer, config = factory.from_checkpoint(
         str(spec["checkpoint"]), name=spec.get("model"), context_length=spec.get("context_length")
     )
+    trained = query_kind(config)
+    if trained not in QUERY_KINDS[asked]:
+        what = {"text": "a text", "street": "an image", "fusion": "a text + image"}[asked]
+        need = {"text": "a text-query or fusion run", "street": "a street-query or fusion run",
+                "fusion": "a fusion run (query: fusion)"}[asked]
+        raise ConfigError(f"{spec['checkpoint']}: trained for {trained} queries (query: {trained}); "
+                          f"{what} query needs an index built from {need}")
     model.eval()
+    parts = {}
     with torch.no_grad():
-        features = [model.encode_text(tokenizer(list(texts[i : i + 64]))) for i in range(0, len(texts), 64)]
-    return l2_normalise(torch.cat(features).float().cpu().numpy())
+        if texts:
+            parts["text"] = torch.cat([model.encode_text(tokenizer(list(texts[i : i + 64])), normalize=True)
+                                       for i in range(0, len(texts), 64)])
+        if images:
+            transform = street_transform(model.street)
+            parts["street"] = torch.cat([model.encode_street(torch.stack([transform(load_image(Path(p)))
+                                                                          for p in images[i : i + 64]]),
+                                                             normalize=True) for i in range(0, len(images), 64)])
+        features = model.fuse(parts["text"], parts["street"]) if asked == "fusion" else parts[asked]
+    return l2_normalise(features.float().cpu().numpy())
 
 
-def encode_texts(spec: Mapping[str, Any], texts: Sequence[str]) -> np.ndarray:
-    """Embed query texts as the encoder ``spec`` says; returns L2-normalised float32 rows."""
+def encode_queries(spec: Mapping[str, Any], texts: Sequence[str] | None = None,
+                   images: Sequence[str | Path] | None = None) -> np.ndarray:
+    """Embed queries as the encoder ``spec`` says: texts, street-view image files, or one text and
+    one image per query (fused); returns L2-normalised float32 rows."""
+    texts = list(texts) if texts is not None else None
+    images = list(images) if images is not None else None
+    if texts is None and images is None:
+        raise ConfigError("give a query: a text, an image, or both")
+    if texts and images and len(texts) != len(images):
+        raise ConfigError(f"{len(texts)} texts and {len(images)} images: a fused query is one text and one image")
     options = {key: value for key, value in spec.items() if key != "kind"}
     if spec.get("kind") == "hashing-bow":
+        if images:
+            raise ConfigError("this index's encoder (hashing-bow) embeds texts only; search it with a description, "
+                              "or build an index from a street or fusion run to search with an image")
         unknown = set(options) - {"dim", "ngram"}
         if unknown:
             raise ConfigError(f"hashing-bow encoder: unknown option(s) {sorted(unknown)}; use dim, ngram")
         return hashing_bow(texts, **options)
     if spec.get("kind") == "open_clip":
-        return _open_clip_texts(spec, texts)
+        return _open_clip_queries(spec, texts, images)
     raise ConfigError(f"unknown encoder kind {spec.get('kind')!r}; expected 'hashing-bow' or 'open_clip'")
+
+
+def encode_texts(spec: Mapping[str, Any], texts: Sequence[str]) -> np.ndarray:
+    """Embed query texts as the encoder ``spec`` says; returns L2-normalised float32 rows."""
+    return encode_queries(spec, texts=texts)
 
 
 # ---------------------------------------------------------------- the index
@@ -376,9 +420,17 @@ class GalleryIndex:
 
     def search_text(self, texts: Sequence[str], k: int = 5, near: Any = None, scope: int | None = 100,
                     radius_km: float | None = None) -> SearchResult:
+        return self.search_query(texts=texts, k=k, near=near, scope=scope, radius_km=radius_km)
+
+    def search_query(self, texts: Sequence[str] | None = None, images: Sequence[str | Path] | None = None,
+                     k: int = 5, near: Any = None, scope: int | None = 100,
+                     radius_km: float | None = None) -> SearchResult:
+        """:meth:`search` for queries embedded with the index's encoder (:func:`encode_queries`):
+        texts, street-view image files, or one text and one image per query (fused)."""
         if self.encoder is None:
-            raise ConfigError("this index has no encoder spec, so texts cannot be embedded; search with embeddings")
-        return self.search(encode_texts(self.encoder, list(texts)), k=k, near=near, scope=scope, radius_km=radius_km)
+            raise ConfigError("this index has no encoder spec, so queries cannot be embedded; search with embeddings")
+        return self.search(encode_queries(self.encoder, texts, images), k=k, near=near, scope=scope,
+                           radius_km=radius_km)
 
     def _result(self, indices: np.ndarray, scores: np.ndarray, distance: np.ndarray | None = None) -> SearchResult:
         valid = indices >= 0

@@ -122,8 +122,12 @@ def causal_mask(n: int) -> torch.Tensor:
 
 
 def hf_embeddings(model: nn.Module) -> nn.Module | None:
-    """The embeddings module of a Hugging Face BERT-style text tower (``model.text``), or None."""
-    emb = getattr(getattr(getattr(model, "text", None), "transformer", None), "embeddings", None)
+    """The embeddings module of a Hugging Face BERT-style text tower, or None: open_clip's HF
+    tower (``model.text.transformer.embeddings``) or a transformers baseline's
+    (``model.text_embeddings``: BLIP, ViLT; :mod:`geotextloc.models.hf`)."""
+    emb = getattr(model, "text_embeddings", None)
+    if emb is None:
+        emb = getattr(getattr(getattr(model, "text", None), "transformer", None), "embeddings", None)
     return emb if isinstance(getattr(emb, "position_embeddings", None), nn.Embedding) else None
 
 
@@ -170,8 +174,12 @@ def set_positional_table(model: nn.Module, table: torch.Tensor) -> nn.Module:
         emb.position_ids = torch.arange(n, device=device).expand((1, -1))
         if hasattr(emb, "token_type_ids"):
             emb.token_type_ids = torch.zeros((1, n), dtype=torch.long, device=device)
-        model.text.transformer.config.max_position_embeddings = n
-        model.text.context_length = n
+        config = getattr(getattr(getattr(model, "text", None), "transformer", None), "config", None)
+        for holder in (config, getattr(emb, "config", None)):
+            if holder is not None:
+                holder.max_position_embeddings = n
+        if hasattr(model, "text"):
+            model.text.context_length = n
         model.context_length = n
         return model
     tower = _text_tower(model)
@@ -202,7 +210,23 @@ def resize_visual_positional_embedding(model: nn.Module, grid_hw: tuple[int, int
     bicubically (align_corners=False) to (width, gh, gw); the class-token row is kept:
     pos' = [pos_cls ; bicubic(pos_grid, (gh, gw))]. The image size becomes grid x patch.
     """
-    visual = model.visual
+    resize_visual_grid(model.visual, grid_hw)
+    return model
+
+
+def visual_grid(visual: nn.Module) -> tuple[int, int] | None:
+    """The (rows, cols) patch grid of a ViT image tower (open_clip's or timm's), or None for a
+    convolutional tower (which takes any input size as it is)."""
+    patch_embed = getattr(getattr(visual, "trunk", None), "patch_embed", None)
+    if patch_embed is not None:
+        return tuple(patch_embed.grid_size)
+    grid = getattr(visual, "grid_size", None)
+    return tuple(grid) if grid is not None and hasattr(visual, "positional_embedding") else None
+
+
+def resize_visual_grid(visual: nn.Module, grid_hw: tuple[int, int]) -> nn.Module:
+    """:func:`resize_visual_positional_embedding` of one image tower (``model.visual``, or a copy
+    of it such as a street-view encoder)."""
     gh, gw = grid_hw
     if hasattr(visual, "trunk") and hasattr(visual.trunk, "set_input_size"):  # timm (SigLIP)
         ph, pw = visual.trunk.patch_embed.patch_size
@@ -213,7 +237,7 @@ def resize_visual_positional_embedding(model: nn.Module, grid_hw: tuple[int, int
     visual.image_size = (gh * ph, gw * pw)
     if isinstance(getattr(visual, "preprocess_cfg", None), dict):
         visual.preprocess_cfg["size"] = visual.image_size
-    return model
+    return visual
 
 
 def _resize_vit_grid(visual: nn.Module, grid_hw: tuple[int, int]) -> None:

@@ -11,6 +11,13 @@ MobileNetV2 image tower. ``pretrained="wheels"`` loads the verified offline file
 positions are cut to L0 = 77 first (CLIP's situation), then EPE extends them; ``epe_mode=
 "native"`` keeps the tower's own first N rows instead.
 
+The papers' baselines: SigLIP is open_clip's (``create("ViT-B-16-SigLIP", "webli")``; offline
+``geotextloc-siglip-tiny``: SigLIP's architecture at toy size, a bidirectional text tower pooled
+at its last position and a learnable logit bias), trained with its sigmoid loss
+(:func:`model_loss`). BLIP and ViLT are transformers models behind the same interface
+(:mod:`geotextloc.models.hf`: ``Salesforce/blip-itm-base-coco`` / ``dandelin/vilt-b32-finetuned-coco``
+with ``pretrained="hub"``; offline ``geotextloc-blip-tiny`` / ``geotextloc-vilt-tiny``).
+
 Pretrained weights come from the open_clip cache when present. Otherwise we download them
 only if the host answers within a few seconds: huggingface_hub retries an unreachable host
 for most of a minute, so offline we fail at once with one line (:class:`OfflineError`).
@@ -29,7 +36,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from geotextloc.errors import ConfigError, OfflineError
-from geotextloc.models import checkpoints, towers
+from geotextloc.models import checkpoints, hf, towers
 from geotextloc.models.epe import apply_epe, positional_table, set_positional_table, text_context_length
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -38,7 +45,7 @@ if not set(TINY_MODELS) <= set(open_clip.list_models()):
     open_clip.add_model_config(CONFIG_DIR)
 
 OFFLINE_HINT = (
-    f"offline alternatives: a tiny config ({', '.join(TINY_MODELS)}) with pretrained=None, "
+    f"offline alternatives: a tiny config ({', '.join(TINY_MODELS + hf.TINY_MODELS)}) with pretrained=None, "
     "or a local checkpoint via pretrained=/path/file.pt"
 )
 PROBE_TIMEOUT_S = 3.0
@@ -67,11 +74,16 @@ def create(
     ``pretrained``: None (random init), an open_clip tag (``"openai"``) or a checkpoint file.
     ``context_length``: text positions after EPE (None keeps the model's L0);
     ``epe_mode``: see :mod:`geotextloc.models.epe` (``truncate`` keeps L0).
+    BLIP and ViLT names (``Salesforce/blip-itm-*``, ``dandelin/vilt-*``, their tiny configs) are
+    transformers models with the same interface (:mod:`geotextloc.models.hf`).
     """
+    if hf.family(name):
+        offline = name not in hf.TINY_MODELS and not _reachable(hf.HUB_HOST)
+        return hf.create(name, pretrained, context_length, epe_mode, device, precision, image_size, cache_dir, offline)
     if name not in open_clip.list_models():
         raise ConfigError(
-            f"unknown model {name!r}; use an open_clip name (open_clip.list_models()) "
-            f"or a tiny config ({', '.join(TINY_MODELS)})"
+            f"unknown model {name!r}; use an open_clip name (open_clip.list_models()), a BLIP or ViLT "
+            f"retrieval model ({hf.HUB_EXAMPLES}) or a tiny config ({', '.join(TINY_MODELS + hf.TINY_MODELS)})"
         )
     if tower_model(name):
         model = _create_towers(name, pretrained, context_length, epe_mode, precision, image_size)
@@ -82,6 +94,7 @@ def create(
         raise ConfigError(f"epe 'native' needs a text tower pre-trained with more than {BASE_CONTEXT} "
                           f"positions (geotextloc-minilm-mnv2); {name} has none")
     weights, tag = resolve_pretrained(name, pretrained, cache_dir)
+    _check_tokenizer(name)  # before building a large model
     logging.disable(logging.WARNING)  # open_clip warns "initialized randomly" when we load later
     try:
         model = open_clip.create_model(
@@ -203,8 +216,10 @@ def from_checkpoint(path: str, name: str | None = None, context_length: int | No
     model of either paper: a CrossText2Loc CLIP model, or a GeoBridge seen as a CLIP model of
     one image ``view`` (:class:`~geotextloc.models.geobridge.OneView`: ``sat``/``satellite``
     (default), ``drone`` or ``street``; its text tower is the shared one), so every CLIP-based
-    command works on both. A bare state dict (the released CrossText2Loc weights) is loaded
-    into ``name`` (default ViT-L/14@336 with QuickGELU) at its own number of text positions.
+    command works on both; a CrossText2Loc run with street or fusion queries rebuilds its
+    :class:`~geotextloc.models.query.QueryModel` (the transforms are the tiles'). A bare state
+    dict (the released CrossText2Loc weights) is loaded into ``name`` (default ViT-L/14@336 with
+    QuickGELU) at its own number of text positions.
     ``config`` is the training config dict, or None for a bare state dict.
     """
     obj = checkpoints.read_checkpoint(path)
@@ -218,6 +233,13 @@ def from_checkpoint(path: str, name: str | None = None, context_length: int | No
             raise ConfigError(f"{path}: its config does not build a model: {err}") from None
         if config.get("task") == "geobridge":
             return (*_geobridge_view(path, built, state, view), config)
+        if config.get("query", "text") != "text":  # street or fusion queries: a QueryModel
+            from geotextloc.models import query
+
+            built = query.over(built, config["query"], config.get("fusion", "mlp"))
+            built[0].to(device)
+        if config.get("rerank_k") is not None and hasattr(built[0], "rerank_k"):  # BLIP: ITM re-ranks this many
+            built[0].rerank_k = config["rerank_k"]
     else:
         n = context_length or checkpoints.text_positions(state)
         built = create(name or OFFICIAL_MODEL, None, n, device=device)
@@ -249,6 +271,8 @@ def tokenizer(name: str, model: nn.Module):
     """open_clip's tokenizer for ``name`` at the model's text context length."""
     if getattr(getattr(model, "text", None), "tokenizer_dir", None):  # a pretrained HF tower
         return open_clip.tokenizer.HFTokenizer(model.text.tokenizer_dir, context_length=text_context_length(model))
+    if name in TINY_MODELS:  # CLIP's BPE (open_clip would fetch SigLIP's for a name with "siglip" in it)
+        return open_clip.tokenizer.SimpleTokenizer(context_length=text_context_length(model))
     try:
         return open_clip.get_tokenizer(name, context_length=text_context_length(model))
     except ImportError as err:
@@ -257,7 +281,42 @@ def tokenizer(name: str, model: nn.Module):
             f"{OFFLINE_HINT}"
         ) from None
     except OSError as err:
-        raise OfflineError(f"the tokenizer of {name} could not be fetched ({err}); {OFFLINE_HINT}") from None
+        raise OfflineError(f"the tokenizer of {name} could not be fetched ({str(err).splitlines()[0]}); "
+                           f"{OFFLINE_HINT}") from None
+
+
+def _check_tokenizer(name: str) -> None:
+    """OfflineError at once if ``name``'s tokenizer is a Hugging Face one (SigLIP's) that is neither
+    in the Hub cache nor reachable (huggingface_hub would retry for most of a minute)."""
+    repo = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+    if not repo or name in TINY_MODELS or tower_model(name):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(repo, "tokenizer_config.json"), str) and not _reachable("huggingface.co"):
+        raise OfflineError(f"the tokenizer of {name} ({repo}) is not cached and huggingface.co cannot be reached "
+                           f"(offline); {OFFLINE_HINT}")
+
+
+LOSSES = {"open_clip": ("clip", "siglip"), "blip": ("itc+itm", "clip"), "vilt": ("pairs",)}  # first: default
+
+
+def model_loss(name: str, loss: str | None = None) -> str:
+    """The training loss of model ``name``: ``loss``, checked to fit the model, or its default.
+
+    open_clip models: ``siglip`` (sigmoid loss) for a model with a logit bias (SigLIP's
+    ``init_logit_bias``), else ``clip`` (InfoNCE); BLIP: ``itc+itm`` (or its ITC alone, ``clip``);
+    ViLT: ``pairs`` (:mod:`geotextloc.train.losses`).
+    """
+    kind = hf.family(name) or "open_clip"
+    allowed = LOSSES[kind]
+    if loss is None:
+        has_bias = (open_clip.get_model_config(name) or {}).get("init_logit_bias") is not None
+        return "siglip" if kind == "open_clip" and has_bias else allowed[0]
+    if loss not in allowed:
+        raise ConfigError(f"loss={loss!r} does not fit {name}; its losses: {', '.join(allowed)} "
+                          "(or null for its default)")
+    return loss
 
 
 def resolve_pretrained(name: str, pretrained: str | None, cache_dir: str | None = None):

@@ -8,7 +8,10 @@ model, no augmentation) the frozen parts run once over the training set:
   cached, so the EPE variant decides what the cached features saw (77 tokens or 300);
 - image: MobileNetV2's stem and first stages are locked; the feature maps entering the last
   ``train_last_k`` stages are cached (float16), and those stages, the head conv and the
-  projection train.
+  projection train;
+- street views (``query: street | fusion``): the street tower (a copy of the image tower, 2:1
+  inputs) likewise, its maps cached apart (``image-street-*``); fusion runs also cache the
+  pooled texts and train the text projection and the fusion head.
 
 The trainable parameters are the model's own (:class:`CachedTowers` only routes cached inputs
 through them), so checkpoints, evaluation and search use the whole model unchanged. Caches
@@ -155,22 +158,103 @@ def cached_pairs(cfg, model: nn.Module, pairs, dtype=None, batch_size: int = 64,
     """
     start = split_stage(model, cfg.train_last_k or 0)
     model.eval()
-    unique = list(dict.fromkeys(pairs.paths))
-    slot = {path: k for k, path in enumerate(unique)}
-    index = torch.tensor([slot[path] for path in pairs.paths])
-    folder = Path(cfg.feature_cache) if cfg.feature_cache else None
-    image_file = folder / f"image-{cache_key(cfg, 'image', unique)}.safetensors" if folder else None
-    text_file = folder / f"text-{cache_key(cfg, 'text', pairs.texts)}.safetensors" if folder else None
+    maps, index = _image_maps(cfg, model.visual, pairs.paths, pairs.transform, "image", start, dtype, batch_size,
+                              progress)
+    return TensorDataset(maps[index], _pooled_texts(cfg, model, pairs.texts, pairs.tokenizer, dtype, batch_size,
+                                                    progress))
 
-    maps = _load_or_make(image_file, lambda: run_batches(
-        lambda b: image_stem(model.visual, b, start), image_batches(unique, pairs.transform, batch_size),
-        "cache image features", dtype, progress,
-        total=-(-len(unique) // batch_size)).half(), (len(unique), *_stem_shape(model.visual, start)))
-    tokens = pairs.tokenizer(pairs.texts)
-    pooled = _load_or_make(text_file, lambda: pooled_by_length(model, tokens, batch_size, dtype, progress,
-                                                               "cache text features"),
-                           (len(pairs.texts), model.text.transformer.config.hidden_size))
-    return TensorDataset(maps[index], pooled)
+
+def _image_maps(cfg, visual: nn.Module, paths, transform, part: str, start: int, dtype, batch_size: int,
+                progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stem maps of every distinct image, float16; index of each path's row), cached in
+    ``feature_cache/<part>-<key>.safetensors``."""
+    unique = list(dict.fromkeys(paths))
+    slot = {path: k for k, path in enumerate(unique)}
+    file = Path(cfg.feature_cache) / f"{part}-{cache_key(cfg, part, unique)}.safetensors" if cfg.feature_cache else None
+    maps = _load_or_make(file, lambda: run_batches(
+        lambda b: image_stem(visual, b, start), image_batches(unique, transform, batch_size),
+        f"cache {part} features", dtype, progress,
+        total=-(-len(unique) // batch_size)).half(), (len(unique), *_stem_shape(visual, start)))
+    return maps, torch.tensor([slot[path] for path in paths])
+
+
+def _pooled_texts(cfg, model: nn.Module, texts: list[str], tokenizer, dtype, batch_size: int,
+                  progress: bool) -> torch.Tensor:
+    """The locked text tower's pooled output of every text, cached in ``feature_cache/text-<key>.safetensors``."""
+    file = Path(cfg.feature_cache) / f"text-{cache_key(cfg, 'text', texts)}.safetensors" if cfg.feature_cache else None
+    tokens = tokenizer(texts)
+    return _load_or_make(file, lambda: pooled_by_length(model, tokens, batch_size, dtype, progress,
+                                                        "cache text features"),
+                         (len(texts), model.text.transformer.config.hidden_size))
+
+
+# ----------------------------------------------------------------------------- street and fusion queries
+def lock_queries(model: nn.Module, k: int) -> None:
+    """:func:`lock` for a :class:`~geotextloc.models.query.QueryModel`: the tile and street towers
+    train their last ``k`` stages, head conv and projection; for fusion queries the text
+    projection and the fusion head train too; the temperature trains."""
+    start = split_stage(model, k)
+    model.requires_grad_(False)
+    for module in [*tail_modules(model.visual, start), *tail_modules(model.street, start)]:
+        module.requires_grad_(True)
+    if model.fuse is not None:
+        model.text.proj.requires_grad_(True)
+        model.fuse.requires_grad_(True)
+    model.logit_scale.requires_grad_(True)
+
+
+class CachedQueries(CachedTowers):
+    """A QueryModel's training forward on cached inputs: (tile maps, street maps [, pooled
+    text]) -> the same outputs as ``QueryModel.forward``."""
+
+    def train(self, mode: bool = True):
+        nn.Module.train(self, False)
+        for module in [*tail_modules(self.model.visual, self.start), *tail_modules(self.model.street, self.start)]:
+            module.train(mode)
+        if self.model.fuse is not None:
+            self.model.fuse.train(mode)
+        return self
+
+    def forward(self, maps: torch.Tensor, query):
+        model, start = self.model, self.start
+        tiles = F.normalize(image_tail(model.visual, maps.float(), start), dim=-1)
+        scale = model.logit_scale.exp()
+        if model.fuse is None:
+            return tiles, F.normalize(image_tail(model.street, query.float(), start), dim=-1), scale
+        street, pooled = query
+        parts = {"text": F.normalize(model.text.proj(pooled.float()), dim=-1),
+                 "street": F.normalize(image_tail(model.street, street.float(), start), dim=-1)}
+        return tiles, model.fuse(parts["text"], parts["street"]), scale, parts
+
+
+class CachedQueryPairs(torch.utils.data.Dataset):
+    """Item i = (tile maps, street maps) or, with pooled texts, (tile maps, (street maps, pooled text)),
+    as :class:`~geotextloc.train.data.QueryPairs` gives images and tokens."""
+
+    def __init__(self, tiles: tuple, streets: tuple, pooled: torch.Tensor | None = None):
+        (self.tiles, self.tile_at), (self.streets, self.street_at), self.pooled = tiles, streets, pooled
+
+    def __len__(self) -> int:
+        return len(self.tile_at)
+
+    def __getitem__(self, i: int):
+        tile, street = self.tiles[self.tile_at[i]], self.streets[self.street_at[i]]
+        return tile, street if self.pooled is None else (street, self.pooled[i])
+
+
+def cached_queries(cfg, model: nn.Module, pairs, dtype=None, batch_size: int = 64,
+                   progress: bool = True) -> CachedQueryPairs:
+    """Stem maps of the tiles and street views (each file once) and, for fusion queries, the
+    pooled texts of a :class:`~geotextloc.train.data.QueryPairs`, cached like :func:`cached_pairs`
+    (the tiles' and texts' files are the text-query runs' own)."""
+    start = split_stage(model, cfg.train_last_k or 0)
+    model.eval()
+    tiles = _image_maps(cfg, model.visual, pairs.paths, pairs.transform, "image", start, dtype, batch_size, progress)
+    streets = _image_maps(cfg, model.street, pairs.street_paths, pairs.street_transform, "image-street", start, dtype,
+                          batch_size, progress)
+    pooled = None if pairs.texts is None else _pooled_texts(cfg, model, pairs.texts, pairs.tokenizer, dtype,
+                                                             batch_size, progress)
+    return CachedQueryPairs(tiles, streets, pooled)
 
 
 # ----------------------------------------------------------------------------- GeoBridge

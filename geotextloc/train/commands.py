@@ -124,7 +124,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     test = [r for r in read_release(args.data, versions=[version], splits=("test",)).records if r.split == "test"]
     if not test:
         raise DataError(f"{args.data}: version {version!r} has no test records")
-    report = evaluate_model(model, test, view, preprocess, tokenizer, scope=args.scope, batch_size=args.batch_size)
+    query = (config or {}).get("query", "text")  # street and fusion runs: their own queries
+    report = evaluate_model(model, test, view, preprocess, tokenizer, scope=args.scope, batch_size=args.batch_size,
+                            query=query)
 
     out = Path(args.out or Path(args.checkpoint).parent / "eval")
     stem = f"{args.city}-{view}"
@@ -133,7 +135,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         {"checkpoint": str(args.checkpoint), "version": version, "view": view, "scope": args.scope, **summary},
         indent=2))
     report.to_csv(out / f"{stem}-queries.csv")
-    print(f"{version} text -> {view} (scope {args.scope}, {len(test)} queries)")
+    print(f"{version} {query} -> {view} (scope {args.scope}, {len(test)} queries)")
     print(report)
     print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}-queries.csv'}")
     return 0

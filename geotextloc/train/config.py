@@ -12,7 +12,8 @@ defaults a profile file starts from (:func:`task_defaults`); a profile holds onl
 - ``crosstext2loc`` (text -> satellite/OSM tile, release records of ``versions``): the field
   defaults below, the paper's settings: CLIP ViT-L/14@336 (OpenAI weights), EPE to 300
   positions, Adam with lr 1e-5 and a cosine schedule, global batch 128, 40 epochs, best
-  checkpoint by R@1.
+  checkpoint by R@1. ``query`` picks the paper's query-modality row: text (the default), the
+  street view alone (street) or both in one embedding (fusion, head ``fusion``).
 - ``geobridge`` (drone, street, satellite + text, GeoLoc manifest of ``regions``; ``mode`` is
   the alignment ablation image-only | text-only | fused; ``missing_share`` of the training
   locations lose their ``missing_view`` image): :data:`GEOBRIDGE` changes the paper's: CLIP
@@ -34,14 +35,18 @@ import yaml
 
 from geotextloc import config as profiles
 from geotextloc.errors import ConfigError
+from geotextloc.models.hf import family as transformers_family  # names only: no torch import
 from geotextloc.views import GALLERY_VIEWS, GEOBRIDGE_VIEWS
 
 TASKS = ("crosstext2loc", "geobridge")
 VIEWS = GALLERY_VIEWS
+QUERIES = ("text", "street", "fusion")  # = geotextloc.models.query.QUERIES (no torch import here)
+FUSIONS = ("sum", "mlp")
 GEOBRIDGE_MODES = ("image-only", "text-only", "fused")
 EPE_MODES = ("truncate", "interpolate", "kps", "random", "native")
 POS_INITS = ("normal", "sinusoidal")  # = geotextloc.models.epe.POS_INITS (no torch import here)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSSES = ("clip", "siglip", "itc+itm", "pairs")  # = geotextloc.models.factory.LOSSES (no torch import here)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -61,7 +66,8 @@ class TrainConfig:
     task: str = setting("crosstext2loc", choices=TASKS)
     # model
     model: str = "ViT-L-14-336"
-    pretrained: str | None = setting("openai", null="random init")  # open_clip tag, checkpoint file, or None
+    pretrained: str | None = setting("openai", null="random init")  # open_clip tag, checkpoint file, or None;
+    #   BLIP/ViLT Hub names (geotextloc.models.hf): hub
     epe: str = setting("interpolate", choices=EPE_MODES)
     text_pos_init: str = setting("normal", choices=POS_INITS)  # random init only: normal (open_clip's) |
     #   sinusoidal (smooth, like a pre-trained CLIP table; what EPE's interpolation assumes;
@@ -82,6 +88,10 @@ class TrainConfig:
     data_root: str = "data/embedded"
     versions: list[str] = setting(["NewYork"])
     view: str = setting("sat", choices=VIEWS)  # gallery view
+    query: str = setting("text", choices=QUERIES)  # CrossText2Loc's query: text (the paper) | street (the
+    #   street view alone, Sample4Geo-style) | fusion (street view + text in one embedding); street and
+    #   fusion need a street view in every record (geotextloc.models.query)
+    fusion: str = setting("mlp", choices=FUSIONS)  # query: fusion: sum (normalised) | mlp (residual MLP)
     train_limit: int | None = setting(None, low=1, null="all")  # first N train / test records (smoke runs)
     test_limit: int | None = setting(None, low=1, null="all")
     augment: bool = True  # open_clip's train transform (random resized crop, scale 0.9-1)
@@ -105,11 +115,15 @@ class TrainConfig:
     warmup_steps: int = setting(0, low=0)
     weight_decay: float = setting(0.0, low=0.0)
     adam_eps: float = setting(1e-8, low=0.0, open_low=True)  # torch's default; open_clip trains ViTs with 1e-6
+    loss: str | None = setting(None, choices=LOSSES, null="the model's: siglip for SigLIP (a logit bias), itc+itm "
+                               "for BLIP, pairs for ViLT, else clip")  # geotextloc.train.losses
     seed: int = setting(0, low=0, high=2**32 - 1)
     device: str = setting("auto", choices=DEVICES)
     precision: str = setting("auto", choices=PRECISIONS)  # auto: bf16 autocast on CUDA, fp32 on CPU
     # evaluation and output
     eval_scope: int = setting(100, low=1)  # candidates per query: the M nearest gallery tiles
+    rerank_k: int | None = setting(None, low=0, null="the model's (BLIP: 16)")  # BLIP: its ITM head re-ranks
+    #   the first k of each query's scope (0: ITC alone; geotextloc.eval.pairs)
     eval_every: int = setting(1, low=0)  # epochs; 0 = never
     eval_batch_size: int = setting(64, low=1)
     patience: int | None = setting(None, low=1, null="never stop early")  # evaluations without a better
@@ -258,6 +272,26 @@ def _check_together(cfg: TrainConfig, given: Mapping[str, Any], origin: Callable
         key = next((k for k in keys if k in given), keys[0])
         raise ConfigError(f"{origin(key)}: {msg}")
 
+    if cfg.query != "text" and cfg.task != "crosstext2loc":
+        fail(("query", "task"), f"query={cfg.query!r} applies to task=crosstext2loc only (GeoBridge has its views)")
+    family = transformers_family(cfg.model)
+    if cfg.query != "text" and family:
+        fail(("query", "model"), f"query={cfg.query!r} needs an open_clip model (its image tower is copied for the "
+             f"street views); {cfg.model} is a transformers model: use query: text")
+    if cfg.query != "text" and cfg.loss not in (None, "clip"):
+        fail(("query", "loss"), f"query={cfg.query!r} trains with the InfoNCE loss (clip); loss={cfg.loss!r} "
+             "applies to text queries")
+    if (cfg.loss is not None or cfg.rerank_k is not None) and cfg.task != "crosstext2loc":
+        fail(("loss", "rerank_k", "task"), "loss and rerank_k apply to task=crosstext2loc only")
+    if cfg.rerank_k is not None and family != "blip":
+        fail(("rerank_k", "model"), f"rerank_k applies to BLIP models (an ITM head); {cfg.model} has none")
+    if family and cfg.task != "crosstext2loc":
+        fail(("model", "task"), f"{cfg.model} (a transformers {family.upper()} model) is a text -> tile baseline: "
+             "task=crosstext2loc only")
+    if family and (cfg.train_last_k is not None or cfg.cache_features or cfg.text_dropout):
+        fail(("train_last_k", "cache_features", "text_dropout", "model"),
+             f"train_last_k, cache_features and text_dropout apply to open_clip models; {cfg.model} is a "
+             "transformers model (BLIP, ViLT): leave them at null, false and 0")
     if cfg.missing_share and cfg.task != "geobridge":
         fail(("missing_share", "task"), "missing_share applies to task=geobridge only")
     if cfg.text_pos_init != "normal" and cfg.pretrained is not None:

@@ -1,5 +1,6 @@
-"""Records -> tensors: (image of one view, text tokens) pairs for CrossText2Loc, and
-(drone, street, satellite, text + masks) quadruples for GeoBridge.
+"""Records -> tensors: (image of one view, text tokens) pairs for CrossText2Loc, (tile, street
+view [+ text tokens]) pairs for its street and fusion queries, and (drone, street, satellite,
+text + masks) quadruples for GeoBridge.
 
 A record is anything with ``name``, ``text`` and ``images`` (kind -> path), e.g.
 :class:`geotextloc.data.release.Record` or :class:`geotextloc.data.geoloc_manifest.GeoLocRecord`.
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from geotextloc.data.images import image_paths, load_image
 from geotextloc.errors import DataError
-from geotextloc.views import GEOBRIDGE_VIEWS, TEXT
+from geotextloc.views import GEOBRIDGE_VIEWS, STREET, TEXT
 
 
 class Pairs(Dataset):
@@ -37,12 +38,7 @@ class Pairs(Dataset):
         self.tokenizer = tokenizer
         self.images = self.tokens = None
         if cache:
-            unique = list(dict.fromkeys(self.paths))
-            slot = {path: k for k, path in enumerate(unique)}
-            loaded = [transform(load_image(path))
-                      for path in tqdm(unique, desc="cache tiles", disable=not progress, leave=False)]
-            self.images = torch.stack(loaded)
-            self.index = torch.tensor([slot[path] for path in self.paths])
+            self.images, self.index = _transformed(self.paths, transform, "cache tiles", progress)
             self.tokens = tokenizer(self.texts)
 
     def __len__(self) -> int:
@@ -52,6 +48,46 @@ class Pairs(Dataset):
         if self.images is not None:
             return self.images[self.index[i]], self.tokens[i]
         return self.transform(load_image(self.paths[i])), self.tokenizer([self.texts[i]])[0]
+
+
+class QueryPairs(Dataset):
+    """Item i = (tile of record i's view, query) for street and fusion queries
+    (:mod:`geotextloc.models.query`): the query is record i's street view (2:1, through
+    ``street_transform``), or with a ``tokenizer`` (street view, text tokens).
+
+    ``cache=True`` decodes and transforms every image once, as :class:`Pairs` does."""
+
+    def __init__(self, records: Sequence, view: str, transform, street_transform, tokenizer=None,
+                 cache: bool = False, progress: bool = True):
+        self.paths = image_paths(records, view)
+        self.street_paths = image_paths(records, STREET)
+        self.texts = [record.text for record in records] if tokenizer is not None else None
+        self.transform, self.street_transform, self.tokenizer = transform, street_transform, tokenizer
+        self.cached = None
+        if cache:
+            tiles, streets = (_transformed(paths, t, desc, progress) for paths, t, desc in (
+                (self.paths, transform, "cache tiles"), (self.street_paths, street_transform, "cache street views")))
+            self.cached = (tiles, streets, tokenizer(self.texts) if tokenizer is not None else None)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        if self.cached is not None:
+            (tiles, tile_at), (streets, street_at), tokens = self.cached
+            tile, street = tiles[tile_at[i]], streets[street_at[i]]
+            return tile, street if tokens is None else (street, tokens[i])
+        tile = self.transform(load_image(self.paths[i]))
+        street = self.street_transform(load_image(self.street_paths[i]))
+        return tile, street if self.tokenizer is None else (street, self.tokenizer([self.texts[i]])[0])
+
+
+def _transformed(paths: Sequence[Path], transform, desc: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stacked transformed images, index of each path's image): every distinct file once."""
+    unique = list(dict.fromkeys(paths))
+    slot = {path: k for k, path in enumerate(unique)}
+    loaded = [transform(load_image(path)) for path in tqdm(unique, desc=desc, disable=not progress, leave=False)]
+    return torch.stack(loaded), torch.tensor([slot[path] for path in paths])
 
 
 def drop_tokens(tokens: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:

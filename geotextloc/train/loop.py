@@ -43,8 +43,8 @@ from geotextloc.train.tasks import task_of
 # Config keys that change the trajectory: a resumed run must use the saved values.
 TRAJECTORY_KEYS = ("task", "model", "pretrained", "epe", "context_length", "image_size", "train_last_k",
                    "mode", "symmetric", "regions", "missing_view", "missing_share",
-                   "versions", "view", "train_limit", "augment", "text_dropout", "text_pos_init",
-                   "batch_size", "epochs", "lr",
+                   "versions", "view", "query", "fusion", "train_limit", "augment", "text_dropout", "text_pos_init",
+                   "batch_size", "epochs", "lr", "loss",
                    "warmup_steps", "weight_decay", "adam_eps", "seed", "precision")
 
 
@@ -107,8 +107,10 @@ def train_step(model, loss_fn, images, texts, optimizer, scheduler, scaler, dtyp
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
-    with torch.no_grad():  # as CLIP: tau >= 1/100
-        unwrap(model).logit_scale.clamp_(0, math.log(100))
+    scale = getattr(unwrap(model), "logit_scale", None)  # none in a pair scorer (ViLT)
+    if scale is not None:
+        with torch.no_grad():  # as CLIP: tau >= 1/100
+            scale.clamp_(0, math.log(100))
     return loss.detach()
 
 
@@ -343,9 +345,10 @@ def train(cfg: TrainConfig, train_records=None, test_records=None) -> dict:
             step += 1
             if rank == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+                scale = getattr(unwrap(ddp), "logit_scale", None)
                 append_jsonl(metrics, {"kind": "train", "epoch": epoch, "step": step, "loss": loss.item(),
                                        "lr": scheduler.get_last_lr()[0],
-                                       "logit_scale": unwrap(ddp).logit_scale.exp().item()})
+                                       **({} if scale is None else {"logit_scale": scale.exp().item()})})
         due = cfg.eval_every and select_records and (epoch + 1) % cfg.eval_every == 0
         if rank == 0 and due:
             report, score = task.evaluate(cfg, model, select_records, preprocess_val, tokenizer)

@@ -70,8 +70,8 @@ def checkpoint_config(path: str | Path) -> dict:
 
 
 def best_checkpoint(root: str | Path, view: str, data_dir: str | Path, regions=(), skip: str = "erm_quick"):
-    """The ``best.pt`` under ``root`` of a CrossText2Loc run of ``view`` trained on ``data_dir``
-    that is most like CrossText2Loc proper, or None: EPE by interpolation first, then a run from
+    """The ``best.pt`` under ``root`` of a CrossText2Loc run of ``view`` (text queries) trained on
+    ``data_dir`` that is most like CrossText2Loc proper, or None: EPE by interpolation first, then a run from
     pretrained weights, full texts, finished (``done.json``), covering most of ``regions``, the
     lowest seed, the newest. Folders named ``skip`` are left out."""
     data_dir = Path(data_dir).resolve()
@@ -81,7 +81,7 @@ def best_checkpoint(root: str | Path, view: str, data_dir: str | Path, regions=(
             continue
         cfg = checkpoint_config(path)
         if cfg.get("task", "crosstext2loc") != "crosstext2loc" or cfg.get("view") != view \
-                or Path(str(cfg.get("data_root", ""))).resolve() != data_dir:
+                or cfg.get("query", "text") != "text" or Path(str(cfg.get("data_root", ""))).resolve() != data_dir:
             continue
         covered = {v.removesuffix("-photos").removesuffix("-mixed") for v in cfg.get("versions", [])}
         found.append((cfg.get("epe") == "interpolate", cfg.get("pretrained") is not None,
