@@ -32,7 +32,6 @@ import pandas as pd
 from geotextloc.text.describe import CONTEXT, clip_token_count, cue_after_context, inter_text_similarity, type_token_ratio
 
 PAPER = {"mean_tokens": 126.0, "type_token_ratio": 0.76, "inter_text_similarity": 0.17}  # CVG-Text, sec. 3
-TARGETS = {"type_token_ratio": (">=", 0.72), "inter_text_similarity": ("<=", 0.22)}  # issue 20's bar
 COLUMNS = ["texts", "mean_tokens", "median_tokens", "share_over_77", "share_cue_after_77", "type_token_ratio",
            "inter_text_similarity"]
 
@@ -117,12 +116,3 @@ def paper_row() -> dict:
     """The paper's figures as a row of the statistics table (the rest unknown)."""
     return {"texts": float("nan"), "mean_tokens": PAPER["mean_tokens"], "type_token_ratio": PAPER["type_token_ratio"],
             "inter_text_similarity": PAPER["inter_text_similarity"]}
-
-
-def meets_targets(row: dict) -> dict[str, bool]:
-    """Whether a statistics row meets :data:`TARGETS` (TTR >= 0.72, similarity <= 0.22)."""
-    out = {}
-    for k, (op, v) in TARGETS.items():
-        x = row.get(k)
-        out[k] = x is not None and (x >= v if op == ">=" else x <= v)
-    return out
