@@ -16,6 +16,7 @@ import torch
 
 from geotextloc.cli import main
 from geotextloc.errors import ConfigError, DataError
+from geotextloc.train import grid
 from geotextloc.train.config import from_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -150,3 +151,27 @@ def test_street_queries_need_street_views_and_crosstext2loc(release, tmp_path):
         from_dict({"query": "fusion", "fusion": "attention"})
     with pytest.raises(ConfigError, match="trains with the InfoNCE loss"):
         from_dict({"query": "street", "loss": "siglip"})
+
+
+def test_the_grid_plans_and_runs_street_and_fusion_queries_beside_text(release, tmp_path, capsys):
+    specs = grid.plan("smoke", ["osm"], ["truncate", "interpolate"], [0], queries=["street", "fusion"])
+    assert [s.key for s in specs] == ["osm/street/seed0", "osm/fusion-truncate-full/seed0",
+                                      "osm/fusion-interpolate-full/seed0"]  # one street run: it has no text
+    cfg = grid.run_config(specs[1], "smoke", tmp_path / "runs", release)
+    assert (cfg.query, cfg.epe, cfg.out_dir) == ("fusion", "truncate", str(tmp_path / "runs/osm/fusion-truncate-full/seed0"))
+    with pytest.raises(ConfigError, match="query 'drone'"):
+        grid.plan("smoke", ["osm"], ["interpolate"], [0], queries=["drone"])
+    with pytest.raises(ConfigError, match="one stage"):
+        grid.plan("scratch", ["osm"], ["interpolate"], [0], queries=["street"])
+
+    runs = tmp_path / "runs"
+    argv = ["experiments", "--profile", "smoke", "--data-dir", str(release), "--runs-dir", str(runs), "--views", "osm",
+            "--queries", "text,street", "--seeds", "0", "--threads", "1", "versions=[Synth]", "val_share=0.25",
+            "eval_scope=8", "epochs=1", "image_size=64", f"feature_cache={tmp_path / 'features'}"]
+    assert main(argv) == 0
+    table = pd.read_csv(runs / "results.csv")
+    assert set(zip(table.run, table["query"])) == {("osm/interpolate-full/seed0", "text"), ("osm/street/seed0", "street")}
+    street = json.loads((runs / "osm/street/seed0/done.json").read_text())
+    assert street["config"]["query"] == "street" and street["eval"]["results"]["Synth/overall"]["Count"] == 8
+    out = capsys.readouterr().out
+    assert "street" in out and "wrote" in out

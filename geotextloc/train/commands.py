@@ -48,8 +48,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_evaluate)
 
     p = subparsers.add_parser(
-        "experiments", help="run a grid of runs, resumable: CrossText2Loc (views x EPE variants x text sources x "
-        "seeds) or GeoBridge (modes x missing shares x seeds)",
+        "experiments", help="run a grid of runs, resumable: CrossText2Loc (views x queries x EPE variants x text "
+        "sources x seeds) or GeoBridge (modes x missing shares x seeds)",
         description="Finished runs are skipped, interrupted ones resumed; several processes can share a grid. "
                     "CrossText2Loc: stage-1 runs first where the profile has a stage 1 (scratch), then the "
                     "variants. Writes <runs-dir>/results.csv (CrossText2Loc: one row per run, city and query "
@@ -61,6 +61,8 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     ct = p.add_argument_group("CrossText2Loc")
     ct.add_argument("--views", default="osm", help="comma-separated: sat,osm")
+    ct.add_argument("--queries", default="text", help="comma-separated: text,street,fusion (street view, "
+                    "street view + description; from the profile's crosstext2loc_<query>.yaml)")
     ct.add_argument("--variants", default="interpolate", help="comma-separated EPE variants")
     ct.add_argument("--text-sources", default="full", help="comma-separated: full,direct")
     ct.add_argument("--pretrain-seed", type=int, default=None,
@@ -193,8 +195,8 @@ def run_experiments(args: argparse.Namespace) -> int:
         by, metrics, name = ["mode", "missing_share", "direction"], ("R@1", "R@10", "AP"), "geobridge_results.csv"
     else:
         specs = grid.plan(args.profile, _items(args.views), _items(args.variants), seeds,
-                          _items(args.text_sources), pretrain_seed=args.pretrain_seed)
-        by, metrics, name = ["view", "epe", "text_source", "city", "group"], ("R@1", "R@5", "R@10", "L@50"), "results.csv"
+                          _items(args.text_sources), pretrain_seed=args.pretrain_seed, queries=_items(args.queries))
+        by, metrics, name = ["view", "query", "epe", "text_source", "city", "group"], ("R@1", "R@5", "R@10", "L@50"), "results.csv"
     runs_dir = Path(args.runs_dir or f"runs/{args.profile}")
     table = grid.run_grid(specs, args.profile, runs_dir, args.data_dir, profiles.parse_overrides(args.overrides))
     atomic_write_text(runs_dir / name, table.to_csv(index=False))

@@ -1,5 +1,5 @@
-"""Experiment grids for both papers, resumable: CrossText2Loc over (view, EPE variant, text
-source, seed) and GeoBridge over (alignment mode, share of missing satellite tiles, seed).
+"""Experiment grids for both papers, resumable: CrossText2Loc over (view, query, EPE variant,
+text source, seed) and GeoBridge over (alignment mode, share of missing satellite tiles, seed).
 
 The paper fine-tunes a *pre-trained* CLIP (77 text positions) after extending its
 positional table to N = 300 (EPE). A profile without a pretrain file trains each run in one
@@ -19,6 +19,11 @@ train the variant in one stage from random init, for comparison. The text source
 replaces every description (train and test) by the builder's "direct generation" text
 (``<root>/direct/<version>/<split>.json``, same keys).
 
+The query ``street`` (a street view: the paper's "street image only" row) and ``fusion`` (a
+street view and its description, early fusion) take the profile's ``crosstext2loc_street.yaml`` /
+``crosstext2loc_fusion.yaml`` in place of ``crosstext2loc.yaml`` (one stage; those profiles have no
+stage 1). Their runs are ``<view>/street/seed<s>`` and ``<view>/fusion-<epe>-<source>/seed<s>``.
+
 GeoBridge runs (:class:`BridgeSpec`) take ``configs/<profile>/geobridge.yaml`` with the run's
 ``mode`` (image-only | text-only | fused), ``missing_share`` and seed.
 
@@ -32,6 +37,7 @@ checkpoint is evaluated on the test split (CrossText2Loc: per city and query gro
 
     geotextloc experiments --profile tiny --views osm --variants truncate,interpolate --seeds 0,1,2
     geotextloc experiments --profile scratch --pretrain-seed 0 --views osm --variants truncate,interpolate --seeds 0,1,2
+    geotextloc experiments --profile tiny --views osm,sat --queries text,street,fusion --seeds 0,1,2
     geotextloc experiments --task geobridge --profile tiny --modes image-only,text-only,fused --seeds 0,1,2
 """
 
@@ -55,6 +61,7 @@ from geotextloc.eval.metrics import METRIC_KEYS
 
 PRETRAIN, FINETUNE, SCRATCH = "pretrain", "finetune", "scratch"
 TEXT_SOURCES = ("full", "direct")
+QUERIES = ("text", "street", "fusion")  # = geotextloc.models.query.QUERIES
 GEOBRIDGE_MODES = ("image-only", "text-only", "fused")
 BRIDGE_KEYS = ("R@1", "R@5", "R@10", "AP", "Count")  # = geotextloc.eval.multiview.WHOLE_KEYS
 
@@ -78,12 +85,15 @@ class RunSpec:
     stage: str = FINETUNE
     city: str | None = None
     pretrain_seed: int | None = None  # the stage-1 run to start from; None: this run's seed
+    query: str = "text"  # text | street | fusion
 
     @property
     def key(self) -> str:
         """Path of the run below the runs folder, e.g. ``osm/interpolate-full/seed0``."""
         kind = {PRETRAIN: PRETRAIN, FINETUNE: f"{self.epe}-{self.text_source}",
                 SCRATCH: f"{self.epe}-{self.text_source}-scratch"}[self.stage]
+        if self.query != "text":
+            kind = "street" if self.query == "street" else f"fusion-{kind}"
         where = f"{self.city}-{self.view}" if self.city else self.view
         return f"{where}/{kind}/seed{self.seed}"
 
@@ -125,13 +135,25 @@ def plan(
     cities: Iterable[str | None] = (None,),
     stage: str = FINETUNE,
     pretrain_seed: int | None = None,
+    queries: Iterable[str] = ("text",),
 ) -> list[RunSpec]:
-    """Every run of the grid cities x views x seeds x text sources x variants, stage-1 runs first.
+    """Every run of the grid cities x views x queries x seeds x text sources x variants, stage-1
+    runs first. A street run has no text: one per (city, view, seed), whatever the variants and
+    sources.
 
     ``pretrain_seed``: see :class:`RunSpec` (None: one stage-1 run per seed).
     """
-    runs = [RunSpec(v, s, e, t, stage, c, pretrain_seed if stage == FINETUNE else None)
-            for c in cities for v in views for s in seeds for t in text_sources for e in variants]
+    queries = list(queries)
+    bad = next((q for q in queries if q not in QUERIES), None)
+    if bad is not None:
+        raise ConfigError(f"query {bad!r}; choose one of {', '.join(QUERIES)}")
+    if queries != ["text"] and (stage != FINETUNE or has_pretrain_stage(profile)):
+        raise ConfigError(f"street and fusion queries train in one stage from the profile's pretrained weights; "
+                          f"profile {profile!r} (stage {stage}) has no such runs: use --profile smoke|tiny|paper")
+    runs = list(dict.fromkeys(
+        RunSpec(v, s, "interpolate" if q == "street" else e, "full" if q == "street" else t, stage, c,
+                pretrain_seed if stage == FINETUNE else None, q)
+        for c in cities for v in views for q in queries for s in seeds for t in text_sources for e in variants))
     for spec in runs:
         if spec.text_source not in TEXT_SOURCES:
             raise ConfigError(f"text source {spec.text_source!r}; choose one of {', '.join(TEXT_SOURCES)}")
@@ -164,7 +186,11 @@ def run_config(spec: RunSpec, profile: str, runs_dir: str | Path, data_root: str
     from geotextloc.train.config import from_dict, load_config
 
     two_stage = has_pretrain_stage(profile)
-    path = profiles.config_path("crosstext2loc_pretrain" if spec.stage == PRETRAIN else "crosstext2loc", profile)
+    name = "crosstext2loc_pretrain" if spec.stage == PRETRAIN else "crosstext2loc"
+    path = profiles.config_path(name if spec.query == "text" else f"{name}_{spec.query}", profile)
+    if not path.is_file():
+        raise ConfigError(f"{path}: profile {profile!r} has no {spec.query}-query runs; write that file "
+                          "(see configs/tiny/) or use --profile tiny")
     values = load_config(path).to_dict()  # the profile file over its task's defaults, checked
     if spec.stage == SCRATCH and two_stage:  # stage-1 optimisation for the epochs of both stages
         first = load_config(profiles.config_path("crosstext2loc_pretrain", profile)).to_dict()
@@ -177,7 +203,7 @@ def run_config(spec: RunSpec, profile: str, runs_dir: str | Path, data_root: str
         values["versions"] = [f"{spec.city}-mixed", *dense]
     if data_root is not None:
         values["data_root"] = str(data_root)
-    if spec.stage != PRETRAIN:
+    if spec.stage != PRETRAIN and spec.query != "street":  # a street run has no text to extend
         values["epe"] = spec.epe
     if spec.stage == FINETUNE and two_stage:
         values["pretrained"] = str(Path(runs_dir) / pretrain_of(spec).key / "last.pt")
@@ -435,11 +461,11 @@ def collect(runs_dir: str | Path, specs: Sequence[RunSpec | BridgeSpec] | None =
         for where, metrics in record["eval"]["results"].items():
             city, group = where.split("/")
             rows.append({"run": record["run"], "stage": record["stage"], "trained_on": record["city"] or "all",
-                         "view": record["view"], "epe": record["epe"], "text_source": record["text_source"],
+                         "view": record["view"], "query": record.get("query", "text"), "epe": record["epe"], "text_source": record["text_source"],
                          "seed": record["seed"], "city": city, "group": group, **metrics,
                          "train_seconds": record["train_seconds"]})
     columns = (["run", "mode", "missing_share", "seed", "direction", *BRIDGE_KEYS, "train_seconds"]
                if task == "geobridge" else
-               ["run", "stage", "trained_on", "view", "epe", "text_source", "seed", "city", "group",
+               ["run", "stage", "trained_on", "view", "query", "epe", "text_source", "seed", "city", "group",
                 *METRIC_KEYS, "train_seconds"])
     return pd.DataFrame(rows, columns=columns)
