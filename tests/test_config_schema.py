@@ -22,7 +22,7 @@ from geotextloc.train.config import RULES, from_dict, load_config, task_defaults
 ROOT = Path(__file__).parents[1]
 RESOLVED = Path(__file__).parent / "resolved_profiles.json"
 TRAINING = ("crosstext2loc", "crosstext2loc_pretrain", "geobridge",
-            "crosstext2loc_siglip", "crosstext2loc_blip", "crosstext2loc_vilt",  # + the papers' baselines
+            "crosstext2loc_clip", "crosstext2loc_siglip", "crosstext2loc_blip", "crosstext2loc_vilt",  # + the papers' baselines
             "crosstext2loc_street", "crosstext2loc_fusion")  # + the query-modality rows
 HEAD = "# a config with one mistake\nmodel: geotextloc-tiny\n"  # the mistake starts on line 3
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -100,3 +101,16 @@ def test_late_fusion_of_two_runs_never_reads_the_test_split_before_w_is_chosen(t
     save_checkpoint({**saved, "config": {**saved["config"], "train_limit": 12}}, tmp_path / "other.pt")
     with pytest.raises(ConfigError, match="different validation places"):
         late.late_fusion(tmp_path / "other.pt", tmp_path / "street" / "best.pt")
+
+    kept = late.late_fusion_run(tmp_path / "text", tmp_path / "street", tmp_path / "late", weights=(0.0, 0.5, 1.0))
+    assert kept["weight"] in (0.0, 0.5, 1.0) and [row["w"] for row in kept["validation"]] == [0.0, 0.5, 1.0]
+    per_query = pd.read_csv(tmp_path / "late" / "eval" / "Synth-osm-queries.csv")
+    assert len(per_query) == 8  # the fused queries' ranks, for the paired tests
+    hits = 100 * (per_query["rank"] == 1).mean()
+    assert hits == pytest.approx(kept["test"]["late"]["Synth/overall"]["R@1"])
+    events.clear()
+    assert late.late_fusion_run(tmp_path / "text", tmp_path / "street", tmp_path / "late", weights=(0.0, 0.5, 1.0)) == kept
+    assert not events  # read back: no image decoded, no release read
+    torch.save({"other": torch.zeros(1)}, tmp_path / "street" / "best.pt")  # the street run changed
+    with pytest.raises(ConfigError, match="not a geotextloc training checkpoint"):  # recomputed, not read back
+        late.late_fusion_run(tmp_path / "text", tmp_path / "street", tmp_path / "late", weights=(0.0, 0.5, 1.0))

@@ -159,6 +159,11 @@ def test_the_grid_plans_and_runs_street_and_fusion_queries_beside_text(release, 
                                       "osm/fusion-interpolate-full/seed0"]  # one street run: it has no text
     cfg = grid.run_config(specs[1], "smoke", tmp_path / "runs", release)
     assert (cfg.query, cfg.epe, cfg.out_dir) == ("fusion", "truncate", str(tmp_path / "runs/osm/fusion-truncate-full/seed0"))
+    rows = grid.plan("smoke", ["osm"], ["interpolate"], [0], queries=[], baselines=["clip", "vilt"])
+    assert [s.key for s in rows] == ["osm/clip-interpolate-full/seed0", "osm/vilt-interpolate-full/seed0"]
+    assert grid.run_config(rows[1], "smoke", tmp_path / "runs", release).model == "geotextloc-vilt-tiny"
+    with pytest.raises(ConfigError, match="baseline 'gpt'"):
+        grid.plan("smoke", ["osm"], ["interpolate"], [0], baselines=["gpt"])
     with pytest.raises(ConfigError, match="query 'drone'"):
         grid.plan("smoke", ["osm"], ["interpolate"], [0], queries=["drone"])
     with pytest.raises(ConfigError, match="one stage"):

@@ -63,6 +63,8 @@ def register(subparsers) -> None:
     ct.add_argument("--views", default="osm", help="comma-separated: sat,osm")
     ct.add_argument("--queries", default="text", help="comma-separated: text,street,fusion (street view, "
                     "street view + description; from the profile's crosstext2loc_<query>.yaml)")
+    ct.add_argument("--baselines", default="", help="comma-separated comparison models trained beside the grid: "
+                    "clip,siglip,blip,vilt (the profile's crosstext2loc_<baseline>.yaml)")
     ct.add_argument("--variants", default="interpolate", help="comma-separated EPE variants")
     ct.add_argument("--text-sources", default="full", help="comma-separated: full,direct")
     ct.add_argument("--pretrain-seed", type=int, default=None,
@@ -195,8 +197,9 @@ def run_experiments(args: argparse.Namespace) -> int:
         by, metrics, name = ["mode", "missing_share", "direction"], ("R@1", "R@10", "AP"), "geobridge_results.csv"
     else:
         specs = grid.plan(args.profile, _items(args.views), _items(args.variants), seeds,
-                          _items(args.text_sources), pretrain_seed=args.pretrain_seed, queries=_items(args.queries))
-        by, metrics, name = ["view", "query", "epe", "text_source", "city", "group"], ("R@1", "R@5", "R@10", "L@50"), "results.csv"
+                          _items(args.text_sources), pretrain_seed=args.pretrain_seed, queries=_items(args.queries),
+                          baselines=_items(args.baselines))
+        by, metrics, name = ["view", "query", "baseline", "epe", "text_source", "city", "group"], ("R@1", "R@5", "R@10", "L@50"), "results.csv"
     runs_dir = Path(args.runs_dir or f"runs/{args.profile}")
     table = grid.run_grid(specs, args.profile, runs_dir, args.data_dir, profiles.parse_overrides(args.overrides))
     atomic_write_text(runs_dir / name, table.to_csv(index=False))

@@ -23,6 +23,8 @@ The query ``street`` (a street view: the paper's "street image only" row) and ``
 street view and its description, early fusion) take the profile's ``crosstext2loc_street.yaml`` /
 ``crosstext2loc_fusion.yaml`` in place of ``crosstext2loc.yaml`` (one stage; those profiles have no
 stage 1). Their runs are ``<view>/street/seed<s>`` and ``<view>/fusion-<epe>-<source>/seed<s>``.
+A ``baseline`` (clip | siglip | blip | vilt: the papers' comparison rows) takes the profile's
+``crosstext2loc_<baseline>.yaml`` for text queries; its runs are ``<view>/<baseline>-<epe>-<source>/seed<s>``.
 
 GeoBridge runs (:class:`BridgeSpec`) take ``configs/<profile>/geobridge.yaml`` with the run's
 ``mode`` (image-only | text-only | fused), ``missing_share`` and seed.
@@ -62,6 +64,7 @@ from geotextloc.eval.metrics import METRIC_KEYS
 PRETRAIN, FINETUNE, SCRATCH = "pretrain", "finetune", "scratch"
 TEXT_SOURCES = ("full", "direct")
 QUERIES = ("text", "street", "fusion")  # = geotextloc.models.query.QUERIES
+BASELINES = ("clip", "siglip", "blip", "vilt")  # configs/<profile>/crosstext2loc_<baseline>.yaml
 GEOBRIDGE_MODES = ("image-only", "text-only", "fused")
 BRIDGE_KEYS = ("R@1", "R@5", "R@10", "AP", "Count")  # = geotextloc.eval.multiview.WHOLE_KEYS
 
@@ -86,6 +89,7 @@ class RunSpec:
     city: str | None = None
     pretrain_seed: int | None = None  # the stage-1 run to start from; None: this run's seed
     query: str = "text"  # text | street | fusion
+    baseline: str | None = None  # clip | siglip | blip | vilt: crosstext2loc_<baseline>.yaml
 
     @property
     def key(self) -> str:
@@ -94,6 +98,8 @@ class RunSpec:
                 SCRATCH: f"{self.epe}-{self.text_source}-scratch"}[self.stage]
         if self.query != "text":
             kind = "street" if self.query == "street" else f"fusion-{kind}"
+        elif self.baseline:
+            kind = f"{self.baseline}-{kind}"
         where = f"{self.city}-{self.view}" if self.city else self.view
         return f"{where}/{kind}/seed{self.seed}"
 
@@ -136,10 +142,11 @@ def plan(
     stage: str = FINETUNE,
     pretrain_seed: int | None = None,
     queries: Iterable[str] = ("text",),
+    baselines: Iterable[str] = (),
 ) -> list[RunSpec]:
     """Every run of the grid cities x views x queries x seeds x text sources x variants, stage-1
     runs first. A street run has no text: one per (city, view, seed), whatever the variants and
-    sources.
+    sources. ``baselines`` add text-query runs of those comparison models after the grid's own.
 
     ``pretrain_seed``: see :class:`RunSpec` (None: one stage-1 run per seed).
     """
@@ -154,6 +161,11 @@ def plan(
         RunSpec(v, s, "interpolate" if q == "street" else e, "full" if q == "street" else t, stage, c,
                 pretrain_seed if stage == FINETUNE else None, q)
         for c in cities for v in views for q in queries for s in seeds for t in text_sources for e in variants))
+    runs += [RunSpec(v, s, e, t, stage, c, None, "text", b)
+             for b in baselines for c in cities for v in views for s in seeds for t in text_sources for e in variants]
+    bad = next((b for b in baselines if b not in BASELINES), None)
+    if bad is not None:
+        raise ConfigError(f"baseline {bad!r}; choose one of {', '.join(BASELINES)}")
     for spec in runs:
         if spec.text_source not in TEXT_SOURCES:
             raise ConfigError(f"text source {spec.text_source!r}; choose one of {', '.join(TEXT_SOURCES)}")
@@ -187,9 +199,10 @@ def run_config(spec: RunSpec, profile: str, runs_dir: str | Path, data_root: str
 
     two_stage = has_pretrain_stage(profile)
     name = "crosstext2loc_pretrain" if spec.stage == PRETRAIN else "crosstext2loc"
-    path = profiles.config_path(name if spec.query == "text" else f"{name}_{spec.query}", profile)
+    variant = spec.baseline or (spec.query if spec.query != "text" else None)
+    path = profiles.config_path(f"{name}_{variant}" if variant else name, profile)
     if not path.is_file():
-        raise ConfigError(f"{path}: profile {profile!r} has no {spec.query}-query runs; write that file "
+        raise ConfigError(f"{path}: profile {profile!r} has no {variant} runs; write that file "
                           "(see configs/tiny/) or use --profile tiny")
     values = load_config(path).to_dict()  # the profile file over its task's defaults, checked
     if spec.stage == SCRATCH and two_stage:  # stage-1 optimisation for the epochs of both stages
@@ -461,11 +474,12 @@ def collect(runs_dir: str | Path, specs: Sequence[RunSpec | BridgeSpec] | None =
         for where, metrics in record["eval"]["results"].items():
             city, group = where.split("/")
             rows.append({"run": record["run"], "stage": record["stage"], "trained_on": record["city"] or "all",
-                         "view": record["view"], "query": record.get("query", "text"), "epe": record["epe"], "text_source": record["text_source"],
+                         "view": record["view"], "query": record.get("query", "text"),
+                         "baseline": record.get("baseline") or "", "epe": record["epe"], "text_source": record["text_source"],
                          "seed": record["seed"], "city": city, "group": group, **metrics,
                          "train_seconds": record["train_seconds"]})
     columns = (["run", "mode", "missing_share", "seed", "direction", *BRIDGE_KEYS, "train_seconds"]
                if task == "geobridge" else
-               ["run", "stage", "trained_on", "view", "query", "epe", "text_source", "seed", "city", "group",
+               ["run", "stage", "trained_on", "view", "query", "baseline", "epe", "text_source", "seed", "city", "group",
                 *METRIC_KEYS, "train_seconds"])
     return pd.DataFrame(rows, columns=columns)

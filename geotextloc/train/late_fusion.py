@@ -8,10 +8,16 @@ the two runs alone (w = 1: text only; w = 0: street view only)::
 
     result = late_fusion("runs/tiny/text/best.pt", "runs/tiny/street/best.pt")
     result["weight"], result["validation"], result["test"]["late"]["Helsinki/overall"]["R@1"]
+
+:func:`late_fusion_run` does the same for two run folders and keeps the result in a folder of
+its own (``late.json`` and the per-query tables ``eval/<City>-<view>-queries.csv``, as a trained
+run has them), read back while both ``best.pt`` files are unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,9 +67,11 @@ def validation_records(cfg) -> list:
 
 
 def late_fusion(text_checkpoint: str | Path, street_checkpoint: str | Path, device: str = "cpu",
-                weights: Sequence[float] = WEIGHTS, batch_size: int = 64, progress: bool = False) -> dict:
+                weights: Sequence[float] = WEIGHTS, batch_size: int = 64, progress: bool = False,
+                csv_dir: str | Path | None = None) -> dict:
     """``{"weight": w, "validation": table of w -> R@1/5/10, "test": {"late" | "text" | "street":
-    {"<city>/<group>": metrics}}}``: w chosen on the validation split, then the test split."""
+    {"<city>/<group>": metrics}}}``: w chosen on the validation split, then the test split.
+    ``csv_dir``: write the fused queries' per-query tables there (``<City>-<view>-queries.csv``)."""
     from geotextloc.eval.cities import per_city
 
     text, street, text_cfg, cfg = _runs(text_checkpoint, street_checkpoint, device)
@@ -87,6 +95,42 @@ def late_fusion(text_checkpoint: str | Path, street_checkpoint: str | Path, devi
             return embedded[key].report(w, cfg.eval_scope)
         return report_for
 
-    results = {name: per_city(test, report_at(w), cfg.eval_scope)
+    results = {name: per_city(test, report_at(w), cfg.eval_scope, csv_dir if name == "late" else None, cfg.view)
                for name, w in (("late", weight), ("text", 1.0), ("street", 0.0))}
     return {"weight": weight, "validation": table, "test": results}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def late_fusion_run(text_run: str | Path, street_run: str | Path, out: str | Path, device: str = "cpu",
+                    weights: Sequence[float] = WEIGHTS, progress: bool = False) -> dict:
+    """:func:`late_fusion` of the ``best.pt`` of two run folders, kept in ``out``: ``late.json``
+    (the result, the validation table as rows, and the two checkpoints' sha256) and the fused
+    queries' per-query tables in ``out/eval/`` (for :func:`geotextloc.eval.compare.run_tables`).
+    Read back when both checkpoints and the weights are unchanged, computed again otherwise."""
+    from geotextloc.files import atomic_write_text
+
+    checkpoints = {kind: Path(run) / "best.pt" for kind, run in (("text", text_run), ("street", street_run))}
+    for kind, path in checkpoints.items():
+        if not path.is_file():
+            raise DataError(f"{path}: no best.pt in the {kind} run; train it first (geotextloc experiments "
+                            f"--queries {kind}) and keep its weights")
+    identity = {kind: {"path": str(path), "sha256": _sha256(path)} for kind, path in checkpoints.items()}
+    identity["weights"] = [float(w) for w in weights]
+    out = Path(out)
+    saved = out / "late.json"
+    if saved.is_file():
+        kept = json.loads(saved.read_text())
+        if kept.get("identity") == identity:
+            return kept["result"]
+    result = late_fusion(checkpoints["text"], checkpoints["street"], device, weights, progress=progress,
+                         csv_dir=out / "eval")
+    result = {**result, "validation": result["validation"].to_dict(orient="records")}
+    atomic_write_text(saved, json.dumps({"identity": identity, "result": result}, indent=1))
+    return result
