@@ -102,10 +102,14 @@ def _a(word: str) -> str:
     return ("an " if vowel else "a ") + word
 
 
-def _list(items: list[str], rng: random.Random) -> str:
+NOUN_JOINERS = (" and ", ", plus ", " as well as ", " together with ")
+PLACE_JOINERS = (" and ", ", and also ", " as well as ")  # between places: "on the left and behind you"
+
+
+def _list(items: list[str], rng: random.Random, joiners: tuple[str, ...] = NOUN_JOINERS) -> str:
     if len(items) == 1:
         return items[0]
-    joiner = rng.choice([" and ", ", plus ", " as well as ", " together with "])
+    joiner = rng.choice(joiners)
     return ", ".join(items[:-1]) + joiner + items[-1]
 
 
@@ -337,7 +341,7 @@ class _Writer:
 
     def surround_sentence(self, dirs: list[str]) -> str:
         """Low houses in several directions, in one sentence."""
-        where = _list([self.where(d) for d in dirs], self.rng)
+        where = _list([self.where(d) for d in dirs], self.rng, PLACE_JOINERS)
         kind = self.pick(["low houses", "one- and two-storey homes", "small houses", "cottages", "bungalows",
                           "single-family houses", "low dwellings"])
         return self.pick([f"More {kind} stand {where}.", f"{_cap(kind)} also sit {where}.",

@@ -100,7 +100,7 @@ def aerial_facts(region: Region, x: float, y: float, size_m: float) -> list[str]
     for word, share in sorted(covered.items(), key=lambda kv: -kv[1]):
         if share >= 0.05:
             facts.append(f"{'Most of the area is' if share >= 0.5 else 'Part of the area is'} "
-                         f"{'' if word == 'water' else 'a '}{word}")
+                         f"{'' if word == 'water' else 'an ' if word[0] in 'aeiou' else 'a '}{word}")
     return facts
 
 
