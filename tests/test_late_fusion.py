@@ -59,7 +59,7 @@ def test_the_weight_is_the_best_validation_r1_ties_nearest_one_half():
     assert w == 0.4 and set(table["R@1"]) == {100.0}  # all perfect: the one nearest 1/2
 
 
-def test_late_fusion_of_two_runs_never_reads_the_test_split_before_w_is_chosen(tmp_path, monkeypatch):
+def test_late_fusion_of_two_runs_never_reads_the_test_split_before_w_is_chosen(tmp_path, monkeypatch, capsys):
     from geotextloc.data import images, release
     from geotextloc.train import late_fusion as late
     from geotextloc.train.loop import train
@@ -111,6 +111,27 @@ def test_late_fusion_of_two_runs_never_reads_the_test_split_before_w_is_chosen(t
     events.clear()
     assert late.late_fusion_run(tmp_path / "text", tmp_path / "street", tmp_path / "late", weights=(0.0, 0.5, 1.0)) == kept
     assert not events  # read back: no image decoded, no release read
+    from geotextloc.cli import main
+
+    argv = ["late-fusion", "--text", str(tmp_path / "text"), "--street", str(tmp_path / "street"), "--out",
+            str(tmp_path / "late")]
+    assert main(argv) == 0  # all 21 weights: another setting, computed again
+    printed = capsys.readouterr().out
+    assert f"w = {result['weight']:g} " in printed and "Synth/overall" in printed and events
+    events.clear()
+    assert main(argv) == 0 and capsys.readouterr().out == printed and not events  # now read back
     torch.save({"other": torch.zeros(1)}, tmp_path / "street" / "best.pt")  # the street run changed
     with pytest.raises(ConfigError, match="not a geotextloc training checkpoint"):  # recomputed, not read back
         late.late_fusion_run(tmp_path / "text", tmp_path / "street", tmp_path / "late", weights=(0.0, 0.5, 1.0))
+
+
+def test_late_fusion_command_reads_a_finished_result_back_and_refuses_a_run_without_weights(tmp_path, capsys):
+    from geotextloc.cli import main
+
+    runs = {q: tmp_path / q / "seed0" for q in ("text", "street")}
+    for query, run in runs.items():
+        run.mkdir(parents=True)
+    assert main(["late-fusion", "--text", str(runs["text"]), "--street", str(runs["street"])]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "late-text").exists()  # nothing written

@@ -7,6 +7,7 @@
     geotextloc evaluate --checkpoint runs/tiny/geobridge/best.pt --data data/embedded   # every GeoBridge direction
     geotextloc experiments --profile tiny --views osm,sat --variants truncate,interpolate --seeds 0,1,2
     geotextloc experiments --task geobridge --profile tiny --modes image-only,text-only,fused --seeds 0,1,2
+    geotextloc late-fusion --text runs/tiny/osm/interpolate-full/seed0 --street runs/tiny/osm/street/seed0
 """
 
 from __future__ import annotations
@@ -77,6 +78,18 @@ def register(subparsers) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides; CrossText2Loc: pretrain.key=value / finetune.key=value for one stage")
     p.set_defaults(func=run_experiments)
+
+    p = subparsers.add_parser(
+        "late-fusion", help="fuse a text-query run and a street-query run: s = w s_text + (1 - w) s_image, "
+        "w chosen on their validation places, then the test split per city",
+        description="Both runs need best.pt and the same val_share and versions (the same validation places). "
+        "Writes <out>/late.json and the fused queries' per-query tables <out>/eval/<City>-<view>-queries.csv; "
+        "a second call with unchanged checkpoints reads them back.")
+    p.add_argument("--text", required=True, help="run folder of a query=text run (holding best.pt)")
+    p.add_argument("--street", required=True, help="run folder of a query=street run of the same view")
+    p.add_argument("--out", help="output folder (default: <view>/late-<text run's folder name> beside the text run)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_late_fusion)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -206,4 +219,21 @@ def run_experiments(args: argparse.Namespace) -> int:
     if len(table):
         print(format_mean_std(mean_std(table, by, metrics)).to_string())
     print(f"wrote {runs_dir / name}")
+    return 0
+
+
+def run_late_fusion(args: argparse.Namespace) -> int:
+    from geotextloc.train.late_fusion import late_fusion_run
+
+    text = Path(args.text)
+    out = Path(args.out) if args.out else text.parent.parent / f"late-{text.parent.name}" / text.name
+    result = late_fusion_run(text, args.street, out, args.device)
+    best = next(row for row in result["validation"] if row["w"] == result["weight"])
+    print(f"w = {result['weight']:g} (the text similarity's weight), validation R@1 {best['R@1']:.2f}")
+    rows = {where: {kind: result["test"][kind][where]["R@1"] for kind in ("text", "street", "late")}
+            for where in result["test"]["late"]}
+    print(f"{'test R@1 (%)':28s} {'text':>7s} {'street':>7s} {'late':>7s}")
+    for where, row in rows.items():
+        print(f"{where:28s} {row['text']:7.2f} {row['street']:7.2f} {row['late']:7.2f}")
+    print(f"wrote {out / 'late.json'} and {out / 'eval'}/")
     return 0
