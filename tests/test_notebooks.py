@@ -25,6 +25,10 @@ WRITES = {
     "04_ablation_epe": ["04_epe_ablation.csv", "04_epe_paired_difference.csv", "04_epe_sign_test.csv",
                         "04_text_source_ablation.csv", "figures/04_positional_tables.png"],
     "07_real_release": ["07_real_release_summary.json", "figures/07_materialized_Helsinki.png"],
+    "08_query_modality": ["08_query_modality.csv", "08_query_modality_sign_test.csv", "08_baselines.csv",
+                          "08_query_modality.json", "figures/08_query_modality.png", "figures/08_late_fusion_weight.png"],
+    "09_dataset_creation": ["09_text_statistics.csv", "09_text_source_ablation.csv", "09_dataset_creation.json",
+                            "figures/09_geoloc_steps.png", "figures/09_place0.jpg"],
 }
 
 
