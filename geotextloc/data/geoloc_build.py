@@ -71,7 +71,7 @@ from geotextloc.data.geoloc import (BH, C, UN, Orthophoto, QualityGates, dedupli
                                     reverse_crops, sliding_window_seeds)
 from geotextloc.data.geoloc_manifest import MANIFEST_DIR
 from geotextloc.errors import ConfigError, DataError
-from geotextloc.files import atomic_write_bytes
+from geotextloc.files import atomic_write_bytes, file_sha256
 
 STREET, COVERAGE, DEDUP = "street", "coverage", "dedup"
 STEPS = (STREET, COVERAGE, DEDUP, BH, C, UN)  # every step that drops something
@@ -173,14 +173,6 @@ def json_bytes(doc) -> bytes:
 
 def _unit(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Lookups:

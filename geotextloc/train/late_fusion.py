@@ -16,7 +16,6 @@ run has them), read back while both ``best.pt`` files are unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,28 +99,20 @@ def late_fusion(text_checkpoint: str | Path, street_checkpoint: str | Path, devi
     return {"weight": weight, "validation": table, "test": results}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def late_fusion_run(text_run: str | Path, street_run: str | Path, out: str | Path, device: str = "cpu",
                     weights: Sequence[float] = WEIGHTS, progress: bool = False) -> dict:
     """:func:`late_fusion` of the ``best.pt`` of two run folders, kept in ``out``: ``late.json``
     (the result, the validation table as rows, and the two checkpoints' sha256) and the fused
     queries' per-query tables in ``out/eval/`` (for :func:`geotextloc.eval.compare.run_tables`).
     Read back when both checkpoints and the weights are unchanged, computed again otherwise."""
-    from geotextloc.files import atomic_write_text
+    from geotextloc.files import atomic_write_text, file_sha256
 
     checkpoints = {kind: Path(run) / "best.pt" for kind, run in (("text", text_run), ("street", street_run))}
     for kind, path in checkpoints.items():
         if not path.is_file():
             raise DataError(f"{path}: no best.pt in the {kind} run; train it first (geotextloc experiments "
                             f"--queries {kind}) and keep its weights")
-    identity = {kind: {"path": str(path), "sha256": _sha256(path)} for kind, path in checkpoints.items()}
+    identity = {kind: {"path": str(path), "sha256": file_sha256(path)} for kind, path in checkpoints.items()}
     identity["weights"] = [float(w) for w in weights]
     out = Path(out)
     saved = out / "late.json"
