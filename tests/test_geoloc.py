@@ -301,6 +301,13 @@ def test_offline_description_keeps_stable_cues_and_drops_transient_and_view_word
     assert describe_location(VIEWS, client=None) == text
 
 
+def test_offline_description_removes_whole_place_phrases_and_leaves_no_dangling_verb():
+    text = unified_description_offline({"drone": ["Family houses line the street on the right-hand side",
+                                                  "A park is on the left hand side", "The river runs to your left"]})
+    assert text == "Family houses line the street. A park. The river."
+    assert "-hand" not in text and " is." not in text
+
+
 def test_lmm_description_goes_through_the_openai_client_and_is_cached(tmp_path, monkeypatch):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_lmm import ChatServer

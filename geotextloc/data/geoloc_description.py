@@ -53,7 +53,7 @@ VIEW_SPECIFIC = [  # wording tied to one camera or picture: removed from the sen
     r"\b(?:i am|i'm|we are) (?:standing|located|positioned)\b",
     r"\b(?:is|are) (?:clearly |also )?(?:visible|seen|shown)\b",
     r"\bcan be (?:seen|observed|noticed)\b",
-    r"\b(?:on|to|at) (?:the|your) (?:left|right)(?: side| hand side)?(?: of (?:the|this) (?:image|photo|picture|frame|view))?\b",
+    r"\b(?:on|to|at) (?:the|your) (?:left|right)(?:[- ]hand side| side)?(?: of (?:the|this) (?:image|photo|picture|frame|view))?\b",
     r"\b(?:straight )?ahead(?: of (?:you|the camera|the viewer))?\b",
     r"\b(?:behind|in front of) (?:you|the camera|the viewer|the photographer)\b",
     r"\bin the (?:foreground|background|distance|middle|cent(?:re|er))(?: of (?:the|this) (?:image|photo|picture|frame|view))?\b",
@@ -97,6 +97,8 @@ def _in(word: str, vocabulary: Sequence[str]) -> bool:
 def _tidy(clause: str) -> str:
     clause = re.sub(r"\s{2,}", " ", clause).strip(" ,.;:-")
     clause = re.sub(r"^(?:and|also|then)\s+", "", clause, flags=re.IGNORECASE)
+    # a clause whose place phrase was removed ("A park is [on the left]") loses its dangling verb
+    clause = re.sub(r"\s+(?:is|are|stands|stand|lies|lie|sits|sit|runs|run)$", "", clause, flags=re.IGNORECASE)
     return clause[:1].upper() + clause[1:] if clause else ""
 
 
