@@ -331,3 +331,13 @@ def test_lmm_description_goes_through_the_openai_client_and_is_cached(tmp_path, 
     parts = body["messages"][1]["content"]
     assert sum(p["type"] == "image_url" for p in parts) == 3
     assert any("street notes: In this photo" in p.get("text", "") for p in parts)
+
+
+def test_offline_geoloc_writer_says_a_fact_once_whatever_its_count_and_names_the_street():
+    from geotextloc.data.geoloc_build import offline_writer
+
+    text = offline_writer()({"drone": ["One residential street crosses the area", "Eight buildings stand here"],
+                             "street": "The view is taken on Mäyränkatu, a residential street.",
+                             "satellite": ["Two residential streets cross the area", "Two buildings stand here"]}, {})
+    assert text == "One residential street crosses the area. This is Mäyränkatu. Eight buildings stand here. " \
+                   "A residential street."

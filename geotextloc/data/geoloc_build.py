@@ -233,7 +233,9 @@ def offline_writer(max_clauses: int = 8, order: tuple[str, ...] = ("drone", "str
             per_view.append([c for t in ([value] if isinstance(value, str) else value) for c in clean_description(t)])
         merged, seen = [], set()
         for clause in (c for turn in zip_longest(*per_view) for c in turn if c):
-            shape = counts.sub("#", clause.lower())
+            # one clause per shape: counts and word endings ignored, so "One street crosses the area" and
+            # "Two streets cross the area" (two scales of one place) are said once, the first view's way
+            shape = " ".join(w[:4] for w in re.findall(r"\w+", counts.sub("#", clause.lower())))
             if shape not in seen:
                 seen.add(shape)
                 merged.append(clause)

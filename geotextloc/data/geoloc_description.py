@@ -61,6 +61,9 @@ VIEW_SPECIFIC = [  # wording tied to one camera or picture: removed from the sen
 ]
 _VIEW_RE = re.compile("|".join(f"(?:{p})" for p in VIEW_SPECIFIC), re.IGNORECASE)
 _WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]*")
+# "The view is taken on Mäyränkatu" says where the camera stood: the place is the street itself
+_TAKEN_RE = re.compile(r"^(?:the|this) (?:view|photo(?:graph)?|picture|image|panorama) (?:is|was) taken (?:on|at|in) ",
+                       re.IGNORECASE)
 PROMPT = (
     "You write one description of a place seen in three views of the same location: a drone "
     "(UAV) image, a street-view panorama and a satellite tile. Merge the views into one concise "
@@ -109,7 +112,7 @@ def clean_description(text: str, require_cue: bool = True) -> list[str]:
     for clause in _clauses(text):
         if _is_transient(clause):
             continue
-        clause = _tidy(_VIEW_RE.sub(" ", clause))
+        clause = _tidy(_VIEW_RE.sub(" ", _TAKEN_RE.sub("This is ", clause)))
         if len(_WORD_RE.findall(clause)) < 2 or (require_cue and not _has_stable_cue(clause)):
             continue
         out.append(clause)
