@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from geotextloc.views import query_kind
+
 
 @dataclass
 class Model:
@@ -71,7 +73,7 @@ def evaluate(model: Model, records: Sequence, scope: int | None = 100, view: str
     from geotextloc.eval.embed import evaluate_model
 
     return evaluate_model(model.module, records, view or model.view, model.preprocess, model.tokenizer,
-                          scope=scope, progress=progress, query=(model.config or {}).get("query", "text"))
+                          scope=scope, progress=progress, query=query_kind(model.config))
 
 
 def search(index: str | Path, text: str | Sequence[str] | None = None, k: int = 5,

@@ -10,6 +10,9 @@ gallery kinds by their letters (D, P, S, T).
 from __future__ import annotations
 
 DRONE, STREET, SATELLITE, OSM, TEXT = "drone", "street", "satellite", "osm", "text"
+FUSION = "fusion"
+QUERIES = (TEXT, STREET, FUSION)  # CrossText2Loc's query kinds: a text, a street view, or both
+FUSIONS = ("sum", "mlp")  # early-fusion heads (geotextloc.models.query.Fusion)
 GEOBRIDGE_VIEWS = (DRONE, STREET, SATELLITE)
 GALLERY_VIEWS = ("sat", "osm")  # CrossText2Loc config/CLI spelling
 IMAGE_KINDS = {"sat": SATELLITE, "osm": OSM}  # gallery view -> record image kind
@@ -18,6 +21,11 @@ IMAGE_DIRECTIONS = ("D2S", "S2D", "P2S", "S2P", "D2P", "P2D")  # the GeoBridge p
 TEXT_DIRECTIONS = ("T2D", "T2P", "T2S")
 DIRECTIONS = {f"{LETTER[u]}2{LETTER[v]}": (u, v) for u in (*GEOBRIDGE_VIEWS, TEXT) for v in GEOBRIDGE_VIEWS
               if u != v}
+
+
+def query_kind(config: dict | None) -> str:
+    """The query kind a checkpoint's training config was trained for (text for released weights)."""
+    return (config or {}).get("query", TEXT)
 
 
 def image_kind(view: str) -> str:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from geotextloc.views import query_kind
+
 
 def galleries(test: Sequence) -> list[tuple[str, str | None, list]]:
     """(city, query group or None, records): the test galleries the protocol is run on.
@@ -87,7 +89,7 @@ def evaluate_run(run_dir: str | Path, test: Sequence, view: str, batch_size: int
     model, _, preprocess, tokenizer, config = from_checkpoint(str(checkpoint), device=device)
     results = evaluate_records(model, preprocess, tokenizer, test, view, batch_size=batch_size,
                                csv_dir=run_dir / "eval" if csv_dir is None else csv_dir,
-                               query=(config or {}).get("query", "text"))
+                               query=query_kind(config))
     return {"checkpoint": checkpoint.name, "results": results}
 
 

@@ -79,6 +79,7 @@ from geotextloc.data.release import parse_name
 from geotextloc.errors import ConfigError, DataError, GeotextlocError
 from geotextloc.files import atomic_dir, file_sha256
 from geotextloc.eval.spatial import CANDIDATES_PER_CHUNK, SpatialIndex
+from geotextloc.views import query_kind
 
 FORMAT = "geotextloc-gallery-index/1"
 FILES = {"meta": "meta.json", "embeddings": "embeddings.npy", "records": "records.jsonl", "index": "index.faiss"}
@@ -151,7 +152,7 @@ def _open_clip_queries(spec: Mapping[str, Any], texts: Sequence[str] | None,
         raise ConfigError(f"encoder spec {dict(spec)} needs a 'checkpoint' file for kind 'open_clip'")
     try:
         from geotextloc.models import factory
-        from geotextloc.models.query import query_kind, street_transform
+        from geotextloc.models.query import street_transform
     except ImportError as err:
         raise GeotextlocError(
             f"encoder 'open_clip' needs geotextloc.models.factory, which cannot be imported ({err}); "

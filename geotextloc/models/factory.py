@@ -37,6 +37,7 @@ from torch import nn
 
 from geotextloc.errors import ConfigError, OfflineError
 from geotextloc.models import checkpoints, hf, towers
+from geotextloc.views import TEXT, query_kind
 from geotextloc.models.epe import apply_epe, positional_table, set_positional_table, text_context_length
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -233,7 +234,7 @@ def from_checkpoint(path: str, name: str | None = None, context_length: int | No
             raise ConfigError(f"{path}: its config does not build a model: {err}") from None
         if config.get("task") == "geobridge":
             return (*_geobridge_view(path, built, state, view), config)
-        if config.get("query", "text") != "text":  # street or fusion queries: a QueryModel
+        if query_kind(config) != TEXT:  # street or fusion queries: a QueryModel
             from geotextloc.models import query
 
             built = query.over(built, config["query"], config.get("fusion", "mlp"))

@@ -43,9 +43,8 @@ from torch import nn
 
 from geotextloc.errors import ConfigError
 from geotextloc.models.epe import resize_visual_grid, visual_grid
+from geotextloc.views import FUSIONS, QUERIES
 
-QUERIES = ("text", "street", "fusion")  # = geotextloc.train.config.QUERIES
-FUSIONS = ("sum", "mlp")
 STREET_RATIO = 2  # street inputs are (h, 2h)
 
 
@@ -192,7 +191,3 @@ def over(built, query: str, fusion: str = "mlp"):
     clip, preprocess_train, preprocess_val, tokenizer = built
     return QueryModel(clip, query, fusion), preprocess_train, preprocess_val, tokenizer
 
-
-def query_kind(config: dict | None) -> str:
-    """The query kind a checkpoint's training config was trained for (text for released weights)."""
-    return (config or {}).get("query", "text")

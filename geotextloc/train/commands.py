@@ -19,6 +19,7 @@ from pathlib import Path
 
 from geotextloc import config as profiles
 from geotextloc.errors import ConfigError, DataError
+from geotextloc.views import query_kind
 
 
 def register(subparsers) -> None:
@@ -141,7 +142,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     test = [r for r in read_release(args.data, versions=[version], splits=("test",)).records if r.split == "test"]
     if not test:
         raise DataError(f"{args.data}: version {version!r} has no test records")
-    query = (config or {}).get("query", "text")  # street and fusion runs: their own queries
+    query = query_kind(config)  # street and fusion runs: their own queries
     report = evaluate_model(model, test, view, preprocess, tokenizer, scope=args.scope, batch_size=args.batch_size,
                             query=query)
 
@@ -223,11 +224,10 @@ def run_experiments(args: argparse.Namespace) -> int:
 
 
 def run_late_fusion(args: argparse.Namespace) -> int:
-    from geotextloc.train.late_fusion import late_fusion_run
+    from geotextloc.train.late_fusion import late_dir, late_fusion_run
 
-    text = Path(args.text)
-    out = Path(args.out) if args.out else text.parent.parent / f"late-{text.parent.name}" / text.name
-    result = late_fusion_run(text, args.street, out, args.device)
+    out = Path(args.out) if args.out else late_dir(args.text)
+    result = late_fusion_run(args.text, args.street, out, args.device)
     best = next(row for row in result["validation"] if row["w"] == result["weight"])
     print(f"w = {result['weight']:g} (the text similarity's weight), validation R@1 {best['R@1']:.2f}")
     rows = {where: {kind: result["test"][kind][where]["R@1"] for kind in ("text", "street", "late")}

@@ -36,12 +36,10 @@ import yaml
 from geotextloc import config as profiles
 from geotextloc.errors import ConfigError
 from geotextloc.models.hf import family as transformers_family  # names only: no torch import
-from geotextloc.views import GALLERY_VIEWS, GEOBRIDGE_VIEWS
+from geotextloc.views import FUSIONS, GALLERY_VIEWS, GEOBRIDGE_VIEWS, QUERIES
 
 TASKS = ("crosstext2loc", "geobridge")
 VIEWS = GALLERY_VIEWS
-QUERIES = ("text", "street", "fusion")  # = geotextloc.models.query.QUERIES (no torch import here)
-FUSIONS = ("sum", "mlp")
 GEOBRIDGE_MODES = ("image-only", "text-only", "fused")
 EPE_MODES = ("truncate", "interpolate", "kps", "random", "native")
 POS_INITS = ("normal", "sinusoidal")  # = geotextloc.models.epe.POS_INITS (no torch import here)

@@ -60,10 +60,10 @@ from geotextloc import config as profiles
 from geotextloc.errors import ConfigError, DataError
 from geotextloc.files import atomic_write_text
 from geotextloc.eval.metrics import METRIC_KEYS
+from geotextloc.views import QUERIES, query_kind
 
 PRETRAIN, FINETUNE, SCRATCH = "pretrain", "finetune", "scratch"
 TEXT_SOURCES = ("full", "direct")
-QUERIES = ("text", "street", "fusion")  # = geotextloc.models.query.QUERIES
 BASELINES = ("clip", "siglip", "blip", "vilt")  # configs/<profile>/crosstext2loc_<baseline>.yaml
 GEOBRIDGE_MODES = ("image-only", "text-only", "fused")
 BRIDGE_KEYS = ("R@1", "R@5", "R@10", "AP", "Count")  # = geotextloc.eval.multiview.WHOLE_KEYS
@@ -474,7 +474,7 @@ def collect(runs_dir: str | Path, specs: Sequence[RunSpec | BridgeSpec] | None =
         for where, metrics in record["eval"]["results"].items():
             city, group = where.split("/")
             rows.append({"run": record["run"], "stage": record["stage"], "trained_on": record["city"] or "all",
-                         "view": record["view"], "query": record.get("query", "text"),
+                         "view": record["view"], "query": query_kind(record),
                          "baseline": record.get("baseline") or "", "epe": record["epe"], "text_source": record["text_source"],
                          "seed": record["seed"], "city": city, "group": group, **metrics,
                          "train_seconds": record["train_seconds"]})
