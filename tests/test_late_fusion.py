@@ -125,7 +125,7 @@ def test_late_fusion_of_two_runs_never_reads_the_test_split_before_w_is_chosen(t
         late.late_fusion_run(tmp_path / "text", tmp_path / "street", tmp_path / "late", weights=(0.0, 0.5, 1.0))
 
 
-def test_late_fusion_command_reads_a_finished_result_back_and_refuses_a_run_without_weights(tmp_path, capsys):
+def test_late_fusion_command_refuses_a_run_without_weights_in_one_line(tmp_path, capsys):
     from geotextloc.cli import main
 
     runs = {q: tmp_path / q / "seed0" for q in ("text", "street")}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from tqdm.auto import tqdm
 
 from geotextloc.data.images import Images, image_batches, image_paths, one_per_name
 from geotextloc.eval.metrics import ProtocolReport, evaluate_embeddings
-from geotextloc.eval.pairs import evaluate_matching
+from geotextloc.eval.pairs import autocast_for, evaluate_matching
 from geotextloc.models import stages
 from geotextloc.errors import ConfigError
 from geotextloc.views import GEOBRIDGE_VIEWS, STREET, TEXT
@@ -51,10 +50,6 @@ class Embedded:
 
     names: list[str]
     vectors: np.ndarray  # (len(names), D) float32
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def _fingerprint(modules) -> str:
@@ -97,7 +92,7 @@ def embed_visual(visual, paths: Sequence[Path], transform, batch_size: int = 64,
     loader = DataLoader(Images(paths, transform), batch_size=batch_size, num_workers=num_workers)
     out = []
     for images in tqdm(loader, desc="embed images", disable=not progress, leave=False):
-        with _autocast(device):
+        with autocast_for(device):
             out.append(F.normalize(visual(images.to(device)).float(), dim=-1).cpu())
     return torch.cat(out)
 
@@ -129,7 +124,7 @@ def embed_texts(model, texts: Sequence[str], tokenizer, batch_size: int = 64, pr
     out = []
     for start in tqdm(range(0, len(texts), batch_size), desc="embed texts", disable=not progress, leave=False):
         tokens = tokenizer(texts[start : start + batch_size]).to(device)
-        with _autocast(device):
+        with autocast_for(device):
             out.append(model.encode_text(tokens, normalize=True).float().cpu())
     return torch.cat(out)
 

@@ -74,8 +74,6 @@ def embed_late(text_model, street_model, records: Sequence, view: str, batch_siz
                progress: bool = False) -> LateEmbeddings:
     """:class:`LateEmbeddings` of ``records`` (queries) and their ``view`` tiles (gallery, one per
     name); ``text_model`` and ``street_model`` are (module, tile transform, tokenizer) triples."""
-    import torch
-
     from geotextloc.data.images import image_paths, one_per_name
     from geotextloc.eval.embed import embed_images, embed_queries
 
@@ -84,11 +82,10 @@ def embed_late(text_model, street_model, records: Sequence, view: str, batch_siz
     for kind, (model, transform, tokenizer) in (("text", text_model), ("street", street_model)):
         was_training = model.training
         model.eval()
-        try:
-            with torch.no_grad():
-                out[f"{kind}_tiles"] = embed_images(model, image_paths(gallery, view), transform, batch_size,
-                                                    progress=progress).numpy()
-                out[kind] = embed_queries(model, records, kind, tokenizer, batch_size, progress=progress).numpy()
+        try:  # both embedders run without gradients
+            out[f"{kind}_tiles"] = embed_images(model, image_paths(gallery, view), transform, batch_size,
+                                                progress=progress).numpy()
+            out[kind] = embed_queries(model, records, kind, tokenizer, batch_size, progress=progress).numpy()
         finally:
             model.train(was_training)
     return LateEmbeddings(**out, queries=[r.name for r in records], gallery=[r.name for r in gallery],

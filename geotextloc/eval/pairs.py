@@ -97,7 +97,7 @@ class ImageStates:
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start : start + self.batch_size]
             images = torch.stack([self.transform(load_image(self.paths[c])) for c in batch]).to(self.device)
-            with _autocast(self.device):
+            with autocast_for(self.device):
                 states = self.model.image_state(images)
             for c, state in zip(batch, states):
                 self.cache[c] = state
@@ -112,7 +112,8 @@ class ImageStates:
         return out
 
 
-def _autocast(device: torch.device):
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA, nothing elsewhere (the evaluation paths of embed and pairs)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
@@ -150,7 +151,7 @@ def evaluate_matching(model, records: Sequence, view: str, transform, tokenizer,
             out = np.empty(len(rows), dtype=np.float32)
             for start in range(0, len(rows), batch_size):
                 part = slice(start, start + batch_size)
-                with _autocast(device):
+                with autocast_for(device):
                     scores = model.match(states(cols[part]), tokens[torch.as_tensor(rows[part])].to(device))
                 out[part] = scores.float().cpu().numpy()
                 bar.update(len(out[part]))

@@ -208,8 +208,8 @@ class CachedQueries(CachedTowers):
     text]) -> the same outputs as ``QueryModel.forward``."""
 
     def train(self, mode: bool = True):
-        nn.Module.train(self, False)
-        for module in [*tail_modules(self.model.visual, self.start), *tail_modules(self.model.street, self.start)]:
+        super().train(mode)  # the tile tower's tail; the street tower's and the fusion head follow
+        for module in tail_modules(self.model.street, self.start):
             module.train(mode)
         if self.model.fuse is not None:
             self.model.fuse.train(mode)

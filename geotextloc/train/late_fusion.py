@@ -99,12 +99,19 @@ def late_fusion(text_checkpoint: str | Path, street_checkpoint: str | Path, devi
     return {"weight": weight, "validation": table, "test": results}
 
 
-def late_fusion_run(text_run: str | Path, street_run: str | Path, out: str | Path, device: str = "cpu",
+def late_dir(text_run: str | Path) -> Path:
+    """Where a late fusion with the text run ``<view>/<kind>/seed<s>`` is kept: ``<view>/late-<kind>/seed<s>``."""
+    text_run = Path(text_run)
+    return text_run.parent.parent / f"late-{text_run.parent.name}" / text_run.name
+
+
+def late_fusion_run(text_run: str | Path, street_run: str | Path, out: str | Path | None = None, device: str = "cpu",
                     weights: Sequence[float] = WEIGHTS, progress: bool = False) -> dict:
-    """:func:`late_fusion` of the ``best.pt`` of two run folders, kept in ``out``: ``late.json``
-    (the result, the validation table as rows, and the two checkpoints' sha256) and the fused
-    queries' per-query tables in ``out/eval/`` (for :func:`geotextloc.eval.compare.run_tables`).
-    Read back when both checkpoints and the weights are unchanged, computed again otherwise."""
+    """:func:`late_fusion` of the ``best.pt`` of two run folders, kept in ``out`` (default
+    :func:`late_dir`): ``late.json`` (the result, the validation table as rows, and the two
+    checkpoints' sha256) and the fused queries' per-query tables in ``out/eval/`` (for
+    :func:`geotextloc.eval.compare.run_tables`). Read back when both checkpoints and the weights
+    are unchanged, computed again otherwise."""
     from geotextloc.files import atomic_write_text, file_sha256
 
     checkpoints = {kind: Path(run) / "best.pt" for kind, run in (("text", text_run), ("street", street_run))}
@@ -114,7 +121,7 @@ def late_fusion_run(text_run: str | Path, street_run: str | Path, out: str | Pat
                             f"--queries {kind}) and keep its weights")
     identity = {kind: {"path": str(path), "sha256": file_sha256(path)} for kind, path in checkpoints.items()}
     identity["weights"] = [float(w) for w in weights]
-    out = Path(out)
+    out = Path(out) if out is not None else late_dir(text_run)
     saved = out / "late.json"
     if saved.is_file():
         kept = json.loads(saved.read_text())
