@@ -21,6 +21,7 @@ from geotextloc.data.embedded.sampling import sample_locations
 from geotextloc.data.geoloc import read_orthophoto
 from geotextloc.data.geoloc_build import GeoLocSettings, build_geoloc, offline_writer
 from geotextloc.data.geoloc_manifest import read_geoloc
+from geotextloc.errors import ConfigError
 
 torch.set_num_threads(1)
 SMOKE = Path(__file__).parents[1] / "geotextloc" / "configs" / "smoke" / "geobridge.yaml"
@@ -168,7 +169,7 @@ def test_resume_after_an_interruption_writes_nothing_twice(tmp_path, kouvola, sm
     build_geoloc(ortho, fresh, EmbeddedStreets(kouvola), EmbeddedSatellite(kouvola), settings, progress=False)
     for path in (fresh / "geoloc").rglob("*.jsonl"):  # the same dataset as an uninterrupted build
         assert (out / path.relative_to(fresh)).read_text() == path.read_text()
-    with pytest.raises(Exception, match="other window_m"):
+    with pytest.raises(ConfigError, match="other window_m"):
         build_geoloc(ortho, out, street2, satellite2, GeoLocSettings(window_m=80, stride_m=30), progress=False)
 
 

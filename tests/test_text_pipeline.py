@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from geotextloc.data import release
 from geotextloc.data.embedded import raster
 from geotextloc.data.embedded.render_street import LABEL_CLASSES, crop_labels, crop_single_view, render_panorama
-from geotextloc.errors import DataError, OfflineError
+from geotextloc.errors import ConfigError, DataError, OfflineError
 from geotextloc.lmm import BudgetExhausted, ChatClient
 from geotextloc.data import text_pipeline as pipeline
 from geotextloc.text import chain, ocr, qc, segment, stats
@@ -121,6 +121,37 @@ def test_text_on_a_vehicle_is_dropped_and_never_written():
         assert "Pikavuoro" not in text
     parts = {"road": "A road.", "buildings": "A bus says “Pikavuoro Tampere” on the left.", "environment": "Busy area."}
     assert any("moving object" in p for p in qc.RuleReviewer().review(facts, parts))
+
+
+def _review(text_hits, parts):
+    """The rule-based self-review of ``parts`` for a photo whose OCR read ``text_hits`` ((text, direction))."""
+    facts = {"view": "single", "ocr": [{"text": t, "direction": d, "dropped": None} for t, d in text_hits]}
+    return qc.RuleReviewer().review(facts, parts)
+
+
+GOOD = {"road": "A wide street runs ahead.", "buildings": "A shop sign reads “Kahvila Savu” on the right.",
+        "environment": "A quiet residential neighbourhood."}
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({}, None),  # a faithful text passes
+    ({"buildings": "A shop sign reads “Kahvila Sauna” on the right."}, "which OCR did not read"),
+    ({"buildings": "A shop sign reads “Kahvila Savu” on the left."}, "puts 'Kahvila Savu' left"),
+    ({"road": "Tall blocks of flats rise on both sides."}, "the road part is off its topic"),
+])
+def test_each_self_review_rule_fails_its_own_fault_only(change, problem):
+    problems = _review([("Kahvila Savu", "right")], GOOD | change)
+    assert problems == [] if problem is None else any(problem in p for p in problems), problems
+
+
+def test_the_offline_writer_gives_the_same_text_for_the_same_seed_name_and_attempt():
+    facts = {"name": "60.1,24.9_x1s.jpg", "view": "single", "city": "T", "lat": 60.1, "lon": 24.9,
+             "heading_deg": None, "ocr": [{"text": "Kahvila Savu", "direction": "right", "dropped": None,
+                                            "colour": "green", "score": 0.99}],
+             "segments": None, "segmentation": {"source": None, "problem": "no segmenter"}}
+    first = write_offline(facts, seed=0, attempt=0).text
+    assert write_offline(facts, seed=0, attempt=0).text == first  # no state carried between calls
+    assert {write_offline(facts, seed=0, attempt=a).text for a in range(1, 4)} - {first}  # a retry is another text
 
 
 def test_ade20k_names_map_onto_the_pipeline_classes():
@@ -321,7 +352,7 @@ def test_offline_copy_is_a_release_with_linked_images_and_resumes(tmp_path, tiny
                for r in new.records)
     again = pipeline.describe_release(tiny_release, out, settings=settings, progress=False)
     assert again.described == 0 and again.skipped_done == 6
-    with pytest.raises(Exception, match="other settings"):
+    with pytest.raises(ConfigError, match="other settings"):
         pipeline.describe_release(tiny_release, out, settings=pipeline.DescribeSettings(segmenter="none", seed=1),
                                   progress=False)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from geotextloc.data import text_pipeline as pipeline
+from geotextloc.errors import ConfigError
 
 
 def register(data_subparsers) -> None:
@@ -54,6 +55,8 @@ def register(data_subparsers) -> None:
 
 
 def describe_command(args) -> int:
+    if args.attempts < 1:
+        raise ConfigError(f"--attempts {args.attempts}: give at least 1 (texts written per record until one passes QC)")
     if args.import_review is not None:
         counts = pipeline.import_verdicts(args.out, args.import_review)
         print(f"imported verdicts: {counts['pass']} pass, {counts['fail']} fail (written again below), "

